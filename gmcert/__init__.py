@@ -1,0 +1,26 @@
+"""gmcert: certified robustness from approximate Gaussian-mixture structure in latent spaces.
+
+The small public API; the command line (``gmcert-run``, ``gmcert-report``) wraps the same.
+"""
+
+from gmcert.certify import ABSTAIN
+from gmcert.certify.latent import LinearCertifier
+from gmcert.evaluate import certified_accuracy
+from gmcert.mixture import GaussianMixtureClassifier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ABSTAIN",
+    "GaussianMixtureClassifier",
+    "LinearCertifier",
+    "certified_accuracy",
+    "run",
+]
+
+
+def run(cfg):
+    """Run one composed config end to end (see ``gmcert.pipeline.run``)."""
+    from gmcert.pipeline import run as _run
+
+    return _run(cfg)

@@ -1,0 +1,82 @@
+"""Confidence bounds and KL-to-accuracy bounds (THEORY.md sections 4, 5 and 6).
+
+Everything is vectorised with numpy broadcasting and computed in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
+    "bernoulli_kl",
+    "kl_inverse_lower",
+    "pinsker_lower",
+    "bretagnolle_huber_lower",
+]
+
+
+def clopper_pearson_lower(successes, trials, alpha):
+    """One-sided Clopper-Pearson lower bound: P[p >= bound] >= 1 - alpha.
+
+    Exact (beta quantile, not a normal approximation); 0 when ``successes == 0``.
+    """
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = stats.beta.ppf(alpha, k, n - k + 1)
+    return np.where(k <= 0, 0.0, bound)
+
+
+def clopper_pearson_upper(successes, trials, alpha):
+    """One-sided Clopper-Pearson upper bound: P[p <= bound] >= 1 - alpha; 1 when all succeed."""
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = stats.beta.ppf(1 - alpha, k + 1, n - k)
+    return np.where(k >= n, 1.0, bound)
+
+
+def bernoulli_kl(p, q):
+    """kl(p || q) between Bernoulli(p) and Bernoulli(q), with 0 log 0 = 0."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.clip(np.asarray(q, dtype=np.float64), 1e-300, 1 - 1e-16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(p > 0, p * np.log(p / q), 0.0)
+        b = np.where(p < 1, (1 - p) * np.log((1 - p) / (1 - q)), 0.0)
+    return a + b
+
+
+def kl_inverse_lower(q, eps, *, iterations: int = 60):
+    """Tightest lower bound on P(A) given Q(A) = q and KL(P || Q) <= eps.
+
+    Returns ``inf {p in [0, q] : kl(p || q) <= eps}`` by bisection; kl(. || q) decreases on
+    [0, q], so the set is an interval [p*, q]. The returned value is the upper end of the final
+    bracket on the infeasible side's complement, i.e. always feasible (never above the true
+    infimum by more than 2**-iterations, never below it).
+    """
+    q, eps = np.broadcast_arrays(np.asarray(q, np.float64), np.asarray(eps, np.float64))
+    if np.any(eps < 0):
+        raise ValueError("eps must be >= 0 (it is a KL divergence budget)")
+    lo = np.zeros_like(q)
+    hi = q.copy()
+    feasible_at_zero = bernoulli_kl(0.0, q) <= eps
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        ok = bernoulli_kl(mid, q) <= eps
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid)
+    return np.where(feasible_at_zero, 0.0, hi)
+
+
+def pinsker_lower(q, eps):
+    """Pinsker: P(A) >= Q(A) - sqrt(eps / 2), clipped at 0."""
+    return np.clip(np.asarray(q, np.float64) - np.sqrt(np.asarray(eps, np.float64) / 2), 0, 1)
+
+
+def bretagnolle_huber_lower(q, eps):
+    """Bretagnolle-Huber: P(A) >= Q(A) - sqrt(1 - exp(-eps)), clipped at 0."""
+    eps = np.asarray(eps, np.float64)
+    return np.clip(np.asarray(q, np.float64) - np.sqrt(1 - np.exp(-eps)), 0, 1)

@@ -1,0 +1,58 @@
+"""Console entry points. Each only hands a plain function its arguments."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from gmcert.config import register_configs
+
+log = logging.getLogger("gmcert")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# Errors a user can fix: shown as one clear line, without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+register_configs()
+
+
+def run_job(cfg: DictConfig) -> dict | None:
+    """Run one job. In a sweep a failing job logs its error and folder, and the sweep goes on."""
+    from gmcert.io import write_json
+    from gmcert.pipeline import run
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    out_dir = Path(cfg.paths.output_dir)
+    try:
+        metrics = run(cfg)
+    except Exception as err:
+        if multirun and cfg.continue_on_error:
+            log.exception("job failed; the sweep goes on. Folder: %s", out_dir)
+            write_json(out_dir / "failed.json", {"error": f"{type(err).__name__}: {err}"})
+            return None
+        if isinstance(err, USER_ERRORS):
+            log.debug("user error", exc_info=True)
+            print(f"gmcert: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    from gmcert.report import format_table, read_table
+
+    print(f"\n{format_table(read_table(out_dir))}\n\nradii: {metrics['radius_units']}")
+    print(f"wrote {out_dir}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def run_main(cfg: DictConfig) -> None:
+    run_job(cfg)
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    from gmcert.report import report_cli
+
+    sys.exit(report_cli(sys.argv[1:] if argv is None else argv))

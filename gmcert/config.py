@@ -1,0 +1,198 @@
+"""Typed config schemas, registered in Hydra's ConfigStore.
+
+Every YAML option of a group extends one of these, so a typo (``certify.radius=1``) or a wrong
+type (``certify.radii=oops``) on the command line fails at once, naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# ----------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class DigitsConfig:
+    name: str = "digits"
+    test_size: float = 0.2
+    split_seed: int = 0
+
+
+@dataclass
+class SyntheticConfig:
+    name: str = "synthetic"
+    num_classes: int = 2
+    dim: int = 2
+    separation: float = 3.0
+    covariance: str = "isotropic"
+    n_train: int = 2000
+    n_test: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class DistortedConfig:
+    """Student-t mixture: a known, controlled departure from Gaussianity (eps_controlled)."""
+
+    name: str = "distorted"
+    num_classes: int = 3
+    dim: int = 4
+    separation: float = 4.0
+    nu: float = 5.0
+    n_train: int = 4000
+    n_test: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class Cifar10Config:
+    name: str = "cifar10"
+    root: str = MISSING
+    download: bool = False
+    skip: int = 1
+    max: int | None = None
+    train_max: int | None = None
+
+
+@dataclass
+class ImageNetConfig:
+    name: str = "imagenet"
+    root: str = MISSING
+    skip: int = 1
+    max: int | None = None
+    train_per_class: int | None = None
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+@dataclass
+class IdentityConfig:
+    name: str = "identity"
+
+
+@dataclass
+class PCAConfig:
+    name: str = "pca"
+    n_components: int = 32
+    whiten: bool = False
+
+
+@dataclass
+class PretrainedConfig:
+    name: str = MISSING
+    # "default": the library's weights from its local cache; a path; or "random" (tests only).
+    weights: str = "default"
+    # A declared l2 Lipschitz bound, "spectral" (computed where honest), or null (latent units).
+    lipschitz: Any = None
+    image_size: int | None = None
+    batch_size: int = 128
+    num_workers: int = 2
+    bf16: bool = True
+    channels_last: bool = True
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+@dataclass
+class MixtureConfig:
+    covariance: str = "shared"
+    shrinkage: Any = "ledoit_wolf"  # ledoit_wolf | oas | none | a number in [0, 1]
+    priors: Any = "empirical"  # empirical | uniform | list of K weights
+    reg_covar: float = 1e-6
+    rank: int = 8
+    # The robust linear rule (THEORY.md 2) for this target radius (latent l2 units); null = Bayes.
+    robust_radius: float | None = None
+    holdout_fraction: float = 0.2  # split of train used to choose tau, never test
+    chunk_size: int = 65536
+
+
+@dataclass
+class CertifyConfig:
+    # closed_form: exact latent certificate; smoothing_gmm / smoothing_probe: Cohen et al.
+    methods: list[str] = field(default_factory=lambda: ["closed_form"])
+    norm: str = "l2"
+    radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    batch_size: int = 4096
+    dtype: str = "float64"
+    ci_alpha: float = 0.05  # level of the Clopper-Pearson interval on certified accuracy
+    start: int = 0  # certify test points [start, stop): split a large run into jobs
+    stop: int | None = None
+    # randomized smoothing (pixels in [0, 1])
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    noise_batch: int = 1000
+    population_samples: int = 200_000  # Monte Carlo draws from Q for CA_Q where no closed form
+
+
+@dataclass
+class DivergenceConfig:
+    enabled: bool = False
+    # A KL budget to report the bound at, instead of (or besides) the estimate.
+    eps: float | None = None
+    estimators: list[str] = field(default_factory=lambda: ["knn", "plugin", "dv"])
+    n_boot: int = 50
+    alpha: float = 0.05
+    max_per_class: int | None = 2000
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True
+    force: bool = False
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING
+    encoder: Any = MISSING
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    task_name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    # Multirun: log a failing job and go on with the sweep instead of stopping it.
+    continue_on_error: bool = True
+
+
+DATASET_SCHEMAS = {
+    "digits": DigitsConfig,
+    "synthetic": SyntheticConfig,
+    "distorted": DistortedConfig,
+    "cifar10": Cifar10Config,
+    "imagenet": ImageNetConfig,
+}
+ENCODER_SCHEMAS = {"identity": IdentityConfig, "pca": PCAConfig, "pretrained": PretrainedConfig}
+
+
+def register_configs() -> None:
+    """Register the schemas.
+
+    The top-level schema types every stage group; dataset and encoder options differ in their
+    fields, so each of their YAML options names its own schema (``schema_*``) in its defaults.
+    """
+    cs = ConfigStore.instance()
+    cs.store(name="gmcert_schema", node=Config)
+    for name, node in DATASET_SCHEMAS.items():
+        cs.store(group="dataset", name=f"schema_{name}", node=node)
+    for name, node in ENCODER_SCHEMAS.items():
+        cs.store(group="encoder", name=f"schema_{name}", node=node)

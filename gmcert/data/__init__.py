@@ -1,0 +1,101 @@
+"""Dataset builders: a registry from config name to a function returning `LabelledData`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Split:
+    """One split of a labelled dataset.
+
+    ``inputs`` is either a float32 array (n, ...) with pixels in [0, 1] or a torch Dataset
+    yielding ``(image C,H,W float in [0, 1], label)``; ``indices`` are positions in the
+    original split, so that a subset protocol (every 20th image, say) is written out.
+    """
+
+    inputs: np.ndarray | torch.utils.data.Dataset
+    labels: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class LabelledData:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    class_names: list[str]
+
+
+def validate_split(split: Split, *, name: str, num_classes: int) -> None:
+    """Fail early, with the fix, on the data errors that would otherwise surface deep inside."""
+    if len(split) == 0:
+        raise ValueError(f"the {name} split is empty; check the dataset root and subset options")
+    if isinstance(split.inputs, np.ndarray):
+        if len(split.inputs) != len(split.labels):
+            raise ValueError(
+                f"the {name} split has {len(split.inputs)} inputs but {len(split.labels)} labels"
+            )
+        bad = ~np.isfinite(split.inputs.reshape(len(split.inputs), -1)).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)[:5].tolist()
+            raise ValueError(
+                f"the {name} split has {int(bad.sum())} inputs with NaN or inf values "
+                f"(first rows: {rows}); clean or drop them before running gmcert"
+            )
+    labels = np.asarray(split.labels)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"the {name} split has labels outside 0..{num_classes - 1}: "
+            f"found {labels.min()}..{labels.max()}"
+        )
+
+
+def _embedded(name):
+    def build(**options):
+        from gmcert.data import embedded
+
+        return getattr(embedded, f"build_{name}")(**options)
+
+    return build
+
+
+def _vision(name):
+    def build(**options):
+        from gmcert.data import vision
+
+        return getattr(vision, f"build_{name}")(**options)
+
+    return build
+
+
+def _distorted(**options):
+    from gmcert.data.distorted import build_distorted
+
+    return build_distorted(**options)
+
+
+DATASET_BUILDERS = {
+    "digits": _embedded("digits"),
+    "synthetic": _embedded("synthetic"),
+    "distorted": _distorted,
+    "cifar10": _vision("cifar10"),
+    "imagenet": _vision("imagenet"),
+}
+
+
+def build_dataset(name: str, **options) -> LabelledData:
+    """Build the dataset registered as ``name`` and check it before anything uses it."""
+    if name not in DATASET_BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_BUILDERS)}")
+    data = DATASET_BUILDERS[name](**options)
+    for split_name in ("train", "test"):
+        validate_split(getattr(data, split_name), name=split_name, num_classes=data.num_classes)
+    return data

@@ -1,0 +1,120 @@
+"""Crash-safe output files: atomic whole-file writes and an append-only predictions log.
+
+A whole file (table, metrics, plot) is written to a temporary name in the same folder and
+renamed over the target, so a killed run leaves either the old file or the new one. The
+predictions log is appended one flushed, fsynced block of complete lines at a time; a torn
+last line (SIGKILL mid-write) is cut off when the log is reopened, and the run resumes from
+the rows that are complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_safe(obj):
+    """NaN and inf are not JSON: write them as null and the string "inf"."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+    return obj
+
+
+def write_json(path, obj) -> Path:
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False)
+    return atomic_write(path, lambda p: p.write_text(text + "\n"))
+
+
+def write_csv(path, frame: pd.DataFrame) -> Path:
+    return atomic_write(path, lambda p: frame.to_csv(p, index=False))
+
+
+class PredictionLog:
+    """``predictions.csv``: one row per (method, test point), appended as certification goes.
+
+    Reopening an existing log keeps its complete rows, so ``done(method)`` tells a restarted
+    run which points to skip; the header must match, or the folder belongs to another run.
+    """
+
+    COLUMNS = [
+        "method", "index", "label", "predict", "radius_latent", "radius_input", "correct",
+        "seconds",
+    ]
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.exists():
+            self._cut_torn_tail()
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._append_text(",".join(self.COLUMNS) + "\n")
+        else:
+            with open(self.path) as f:
+                header = f.readline().strip().split(",")
+            if header != self.COLUMNS:
+                raise ValueError(
+                    f"{self.path} has columns {header}, not {self.COLUMNS}: it was written by "
+                    "another gmcert version; start in a fresh folder (a new hydra.run.dir)"
+                )
+
+    def _cut_torn_tail(self) -> None:
+        data = self.path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+
+    def _append_text(self, text: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> pd.DataFrame:
+        return pd.read_csv(self.path)
+
+    def done(self, method: str) -> set[int]:
+        frame = self.read()
+        return set(frame.loc[frame["method"] == method, "index"].astype(int))
+
+    def append(self, rows: pd.DataFrame) -> None:
+        if rows.empty:
+            return
+        buffer = io.StringIO()
+        rows[self.COLUMNS].to_csv(buffer, index=False, header=False)
+        self._append_text(buffer.getvalue())

@@ -1,0 +1,355 @@
+"""`GaussianMixtureClassifier`: the class-conditional Gaussian mixture Q and its Bayes rule.
+
+Q(z, y=k) = pi_k N(z; mu_k, Sigma_k) (THEORY.md section 1). The fit streams over row chunks
+in two passes (means, then centred second and fourth moments), all in float64, so latents can
+stay on disk (a memory map) however many there are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+from scipy.special import logsumexp
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+COVARIANCE_FAMILIES = ("isotropic", "diag", "shared", "full", "lowrank")
+LINEAR_FAMILIES = ("isotropic", "shared")
+SHRINKAGE_RULES = ("ledoit_wolf", "oas", "none")
+
+
+@dataclass
+class _ClassMoments:
+    """Centred sufficient statistics of each class (float64)."""
+
+    counts: np.ndarray  # (K,)
+    means: np.ndarray  # (K, d)
+    scatter: np.ndarray  # (K, d, d) per class, or (d, d) pooled, or (K, d) diagonals
+    fourth: np.ndarray  # (K,) sum_i ||z_i - mu_k||^4, for the Ledoit-Wolf shrinkage
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _class_moments(X, y_codes, num_classes, *, scatter: str, chunk_size: int) -> _ClassMoments:
+    """Two streamed passes: class means, then centred scatter (pooled/per-class/diagonal)."""
+    n, d = X.shape
+    counts = np.bincount(y_codes, minlength=num_classes).astype(np.float64)
+    sums = np.zeros((num_classes, d))
+    for rows in _chunks(n, chunk_size):
+        np.add.at(sums, y_codes[rows], np.asarray(X[rows], np.float64))
+    means = sums / counts[:, None]
+
+    shape = {"pooled": (d, d), "per_class": (num_classes, d, d), "diag": (num_classes, d)}
+    scatter_sum = np.zeros(shape[scatter])
+    fourth = np.zeros(num_classes)
+    for rows in _chunks(n, chunk_size):
+        codes = y_codes[rows]
+        resid = np.asarray(X[rows], np.float64) - means[codes]
+        sq = np.einsum("ij,ij->i", resid, resid)
+        np.add.at(fourth, codes, sq**2)
+        if scatter == "pooled":
+            scatter_sum += resid.T @ resid
+        elif scatter == "diag":
+            np.add.at(scatter_sum, codes, resid**2)
+        else:
+            for k in np.unique(codes):
+                r = resid[codes == k]
+                scatter_sum[k] += r.T @ r
+    return _ClassMoments(counts, means, scatter_sum, fourth)
+
+
+def shrinkage_intensity(cov: np.ndarray, n: float, fourth_sum: float, rule) -> float:
+    """Shrinkage alpha in (1 - alpha) S + alpha (tr S / d) I, from centred moments.
+
+    ``cov`` is the MLE covariance S of n centred points and ``fourth_sum`` = sum ||x_i||^4.
+    Ledoit-Wolf and OAS follow scikit-learn's ``ledoit_wolf`` / ``oas`` exactly (the tests
+    check it), computed from sufficient statistics instead of the data matrix.
+    """
+    if rule == "none" or rule is None:
+        return 0.0
+    if isinstance(rule, int | float):
+        return float(rule)
+    d = cov.shape[0]
+    if d == 1:
+        return 0.0
+    mu = np.trace(cov) / d
+    frob2 = float(np.sum(cov**2))
+    if rule == "ledoit_wolf":
+        beta = (fourth_sum / n - frob2) / (d * n)
+        delta = (frob2 - 2 * mu * np.trace(cov) + d * mu**2) / d
+        beta = min(beta, delta)
+        return 0.0 if beta == 0 else float(beta / delta)
+    if rule == "oas":
+        alpha = frob2 / d**2
+        den = (n + 1) * (alpha - mu**2 / d)
+        return 1.0 if den == 0 else float(min((alpha + mu**2) / den, 1.0))
+    raise ValueError(
+        f"unknown shrinkage {rule!r}: use one of {SHRINKAGE_RULES} or a number in [0, 1]"
+    )
+
+
+def _shrink(cov, alpha):
+    d = cov.shape[-1]
+    target = np.trace(cov) / d
+    out = (1 - alpha) * cov
+    out[np.diag_indices(d)] += alpha * target
+    return out
+
+
+class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
+    """Class-conditional Gaussian mixture with its Bayes rule, a scikit-learn classifier.
+
+    Parameters
+    ----------
+    covariance : one of ``isotropic`` (sigma^2 I shared), ``diag`` (per class), ``shared``
+        (one full Sigma), ``full`` (one Sigma_k per class), ``lowrank`` (per class
+        U_k U_k^T + s_k^2 I, probabilistic PCA of rank ``rank``).
+    shrinkage : ``ledoit_wolf``, ``oas``, ``none`` or a fixed intensity in [0, 1], towards
+        (tr S / d) I; used by ``shared`` and ``full``.
+    priors : ``empirical`` (class frequencies), ``uniform``, or a sequence of K weights.
+    reg_covar : added to every covariance's diagonal, so that a constant feature (a
+        always-black pixel) cannot make a covariance singular.
+    rank : the rank of U_k for ``lowrank``.
+    tau : added to the shared covariance's diagonal after shrinkage: the robust linear rule
+        for a target radius (THEORY.md section 2); 0 is the plain Bayes rule.
+    chunk_size : rows per pass-chunk of the streamed fit.
+    random_state : seed for ``sample``.
+
+    Attributes: ``classes_``, ``priors_`` (K,), ``means_`` (K, d), ``covariances_`` (d, d)
+    shared or (K, d, d), ``precisions_`` likewise, ``log_weights_`` (K,) = log pi_k - 1/2 log
+    det Sigma_k, ``shrinkage_`` (per class or scalar), ``n_features_in_``.
+    """
+
+    def __init__(
+        self,
+        covariance: str = "shared",
+        shrinkage="ledoit_wolf",
+        priors="empirical",
+        reg_covar: float = 1e-6,
+        rank: int = 8,
+        tau: float = 0.0,
+        chunk_size: int = 65536,
+        random_state=None,
+    ):
+        self.covariance = covariance
+        self.shrinkage = shrinkage
+        self.priors = priors
+        self.reg_covar = reg_covar
+        self.rank = rank
+        self.tau = tau
+        self.chunk_size = chunk_size
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], copy=False)
+        check_classification_targets(y)
+        self._check_params()
+        self.classes_, y_codes = np.unique(y, return_inverse=True)
+        num_classes, (n, d) = len(self.classes_), X.shape
+        if num_classes < 2:
+            raise ValueError(
+                f"GaussianMixtureClassifier needs at least 2 classes; y has only "
+                f"{self.classes_.tolist()}"
+            )
+        scatter = {"shared": "pooled", "isotropic": "pooled", "diag": "diag"}.get(
+            self.covariance, "per_class"
+        )
+        m = _class_moments(X, y_codes, num_classes, scatter=scatter, chunk_size=self.chunk_size)
+        self._check_class_sizes(m.counts, d)
+        self.priors_ = self._resolve_priors(m.counts)
+        self.means_ = m.means
+        self.n_features_in_ = d
+        getattr(self, f"_fit_{self.covariance}")(m, n, d)
+        self._finalise()
+        return self
+
+    def _check_params(self):
+        if self.covariance not in COVARIANCE_FAMILIES:
+            raise ValueError(
+                f"unknown covariance family {self.covariance!r}; choose one of "
+                f"{COVARIANCE_FAMILIES}"
+            )
+        s = self.shrinkage
+        if isinstance(s, str) and s not in SHRINKAGE_RULES:
+            raise ValueError(f"unknown shrinkage {s!r}: use {SHRINKAGE_RULES} or a number in [0, 1]")
+        if not isinstance(s, str) and s is not None and not (0 <= float(s) <= 1):
+            raise ValueError(f"a fixed shrinkage must lie in [0, 1], got {s}")
+        if self.tau < 0 or self.reg_covar < 0:
+            raise ValueError("tau and reg_covar must be >= 0")
+        if self.tau > 0 and self.covariance not in LINEAR_FAMILIES:
+            raise ValueError(
+                "tau (the robust linear rule) needs a shared covariance: use "
+                "covariance='shared' or 'isotropic'"
+            )
+
+    def _check_class_sizes(self, counts, d):
+        needs = {
+            "isotropic": (2, "isotropic"),
+            "shared": (2, "shared"),
+            "diag": (2, "isotropic or shared"),
+            "full": (2 if self.shrinkage != "none" else d + 1, "shared or full with shrinkage"),
+            "lowrank": (self.rank + 1, "shared, or lowrank with a smaller rank"),
+        }
+        minimum, alternative = needs[self.covariance]
+        small = {str(self.classes_[k]): int(c) for k, c in enumerate(counts) if c < minimum}
+        if small:
+            raise ValueError(
+                f"covariance={self.covariance!r} needs at least {minimum} samples per class in "
+                f"d={d}, but these classes have fewer: {small}; use {alternative}, or more data"
+            )
+        if self.covariance == "shared" and self.shrinkage == "none" and counts.sum() - len(counts) < d:
+            raise ValueError(
+                f"an unshrunk shared covariance in d={d} needs more than {d} degrees of freedom; "
+                "use shrinkage='ledoit_wolf'"
+            )
+
+    def _resolve_priors(self, counts):
+        if isinstance(self.priors, str):
+            if self.priors == "empirical":
+                return counts / counts.sum()
+            if self.priors == "uniform":
+                return np.full(len(counts), 1.0 / len(counts))
+            raise ValueError(f"priors must be 'empirical', 'uniform' or K weights, got {self.priors!r}")
+        priors = np.asarray(self.priors, np.float64)
+        if priors.shape != counts.shape or np.any(priors <= 0):
+            raise ValueError(f"priors must be {len(counts)} positive weights, got {self.priors!r}")
+        return priors / priors.sum()
+
+    def _fit_shared(self, m, n, d):
+        cov = m.scatter / n
+        self.shrinkage_ = shrinkage_intensity(cov, n, m.fourth.sum(), self.shrinkage)
+        self.covariances_ = _shrink(cov, self.shrinkage_) + (self.reg_covar + self.tau) * np.eye(d)
+
+    def _fit_isotropic(self, m, n, d):
+        self.shrinkage_ = 0.0
+        variance = np.trace(m.scatter) / (n * d)
+        self.covariances_ = (variance + self.reg_covar + self.tau) * np.eye(d)
+
+    def _fit_full(self, m, n, d):
+        covs = m.scatter / m.counts[:, None, None]
+        self.shrinkage_ = np.array(
+            [shrinkage_intensity(c, nk, f, self.shrinkage) for c, nk, f in zip(covs, m.counts, m.fourth)]
+        )
+        shrunk = [_shrink(c, a) for c, a in zip(covs, self.shrinkage_)]
+        self.covariances_ = np.stack(shrunk) + self.reg_covar * np.eye(d)
+
+    def _fit_diag(self, m, n, d):
+        variances = m.scatter / m.counts[:, None] + self.reg_covar
+        self.shrinkage_ = 0.0
+        self.covariances_ = np.stack([np.diag(v) for v in variances])
+
+    def _fit_lowrank(self, m, n, d):
+        if not 1 <= self.rank < d:
+            raise ValueError(f"lowrank needs 1 <= rank < d = {d}, got rank={self.rank}")
+        covs = []
+        for scatter, nk in zip(m.scatter, m.counts):
+            lam, vecs = linalg.eigh(scatter / nk)
+            lam, vecs = lam[::-1], vecs[:, ::-1]
+            noise = max(lam[self.rank :].mean(), 0.0) + self.reg_covar
+            u = vecs[:, : self.rank] * np.sqrt(np.maximum(lam[: self.rank] - noise, 0.0))
+            covs.append(u @ u.T + noise * np.eye(d))
+        self.shrinkage_ = 0.0
+        self.covariances_ = np.stack(covs)
+
+    def _finalise(self):
+        covs = self.covariances_
+        stacked = covs if covs.ndim == 3 else covs[None]
+        precisions, logdets = [], []
+        for cov in stacked:
+            chol = linalg.cholesky(cov, lower=True)
+            inv_chol = linalg.solve_triangular(chol, np.eye(len(cov)), lower=True)
+            precisions.append(inv_chol.T @ inv_chol)
+            logdets.append(2 * np.log(np.diag(chol)).sum())
+        self.precisions_ = np.stack(precisions) if covs.ndim == 3 else precisions[0]
+        self.log_weights_ = np.log(self.priors_) - 0.5 * np.asarray(logdets)
+
+    # ------------------------------------------------------------- queries
+    @property
+    def is_linear_(self) -> bool:
+        """True when every pairwise boundary is a hyperplane (one shared covariance)."""
+        check_is_fitted(self)
+        return self.precisions_.ndim == 2
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray]:
+        """(M, c): s_k(z) = M[k] @ z + c[k] up to a term common to all classes (LDA)."""
+        if not self.is_linear_:
+            raise ValueError(
+                f"covariance={self.covariance!r} has quadratic boundaries; no linear head"
+            )
+        M = self.means_ @ self.precisions_
+        c = np.log(self.priors_) - 0.5 * np.einsum("kd,kd->k", M, self.means_)
+        return M, c
+
+    def class_precisions(self) -> np.ndarray:
+        """(K, d, d) precisions, broadcasting a shared one."""
+        check_is_fitted(self)
+        p = self.precisions_
+        return np.broadcast_to(p, (len(self.classes_), *p.shape[-2:])) if p.ndim == 2 else p
+
+    def class_covariances(self) -> np.ndarray:
+        check_is_fitted(self)
+        c = self.covariances_
+        return np.broadcast_to(c, (len(self.classes_), *c.shape[-2:])) if c.ndim == 2 else c
+
+    def _joint_log_likelihood(self, X) -> np.ndarray:
+        """log pi_k + log N(x; mu_k, Sigma_k), (n, K), float64."""
+        d = self.n_features_in_
+        out = np.empty((len(X), len(self.classes_)))
+        for rows in _chunks(len(X), self.chunk_size):
+            Z = np.asarray(X[rows], np.float64)
+            if self.is_linear_:
+                M, c = self.linear_head()
+                quad = np.einsum("nd,de,ne->n", Z, self.precisions_, Z)
+                out[rows] = Z @ M.T + c - 0.5 * quad[:, None] + (self.log_weights_ - np.log(self.priors_))
+            else:
+                for k, (mu, prec) in enumerate(zip(self.means_, self.precisions_)):
+                    r = Z - mu
+                    out[rows, k] = self.log_weights_[k] - 0.5 * np.einsum("nd,de,ne->n", r, prec, r)
+        return out - 0.5 * d * math.log(2 * math.pi)
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return self._joint_log_likelihood(X)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        jll = self.decision_function(X)
+        return jll - logsumexp(jll, axis=1, keepdims=True)
+
+    def predict_proba(self, X) -> np.ndarray:
+        return np.exp(self.predict_log_proba(X))
+
+    def score_samples(self, X) -> np.ndarray:
+        """log Q(z) = log sum_k pi_k N(z; mu_k, Sigma_k), the mixture's density."""
+        return logsumexp(self.decision_function(X), axis=1)
+
+    def sample(self, n_samples: int = 1, *, random_state=None):
+        """Draw (Z, y) from Q (y as ``classes_`` values); seed: the argument, else the estimator's."""
+        check_is_fitted(self)
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        rng = check_random_state(self.random_state if random_state is None else random_state)
+        codes = rng.choice(len(self.classes_), size=n_samples, p=self.priors_)
+        Z = np.empty((n_samples, self.n_features_in_))
+        covs = self.class_covariances()
+        for k in np.unique(codes):
+            idx = np.flatnonzero(codes == k)
+            chol = linalg.cholesky(covs[k], lower=True)
+            Z[idx] = self.means_[k] + rng.standard_normal((len(idx), self.n_features_in_)) @ chol.T
+        return Z, self.classes_[codes]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags

@@ -1,0 +1,328 @@
+"""`run(cfg)`: dataset -> encode -> fit mixture -> certify -> evaluate -> write. Wiring only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from gmcert.certify import CertifyContext, build_method
+from gmcert.certify.latent import NORMS, resolve_device
+from gmcert.data import LabelledData, build_dataset
+from gmcert.encoders import PRETRAINED, build_encoder
+from gmcert.evaluate import average_certified_radius, certified_accuracy, population_certified_accuracy
+from gmcert.features import cached, extract_features, file_digest
+from gmcert.io import PredictionLog, write_csv, write_json
+from gmcert.mixture import GaussianMixtureClassifier
+from gmcert.report import format_table, plot_certified_accuracy
+
+log = logging.getLogger(__name__)
+
+# Options of a pretrained encoder that shape extraction speed, not the latents.
+_EXTRACTION_OPTIONS = ("batch_size", "num_workers", "bf16", "channels_last")
+
+
+class StageTimer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        log.info("stage %s ...", stage)
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _options(node) -> dict:
+    opts = OmegaConf.to_container(node, resolve=True)
+    opts.pop("name", None)
+    return opts
+
+
+def check_certify_options(certify) -> None:
+    """The value errors a schema cannot express, caught before any work is done."""
+    if certify.norm not in NORMS:
+        raise ValueError(f"certify.norm must be one of {NORMS}, got {certify.norm!r}")
+    if any(r < 0 for r in certify.radii) or not certify.radii:
+        raise ValueError(f"certify.radii must be a non-empty list of radii >= 0, got {list(certify.radii)}")
+    if not 0 < certify.ci_alpha < 1:
+        raise ValueError(f"certify.ci_alpha must lie in (0, 1), got {certify.ci_alpha}")
+    if certify.batch_size < 1:
+        raise ValueError(f"certify.batch_size must be >= 1, got {certify.batch_size}")
+    if certify.start < 0 or (certify.stop is not None and certify.stop <= certify.start):
+        raise ValueError(
+            f"certify.start/stop must satisfy 0 <= start < stop, got {certify.start}/{certify.stop}"
+        )
+
+
+def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool):
+    """Build and fit the encoder; latents of both splits, through the feature cache."""
+    name = encoder_cfg.name
+    opts = _options(encoder_cfg)
+    extraction = {k: opts.pop(k) for k in _EXTRACTION_OPTIONS if k in opts}
+    encoder = build_encoder(name, **opts)
+    encoder.fit(data.train.inputs)
+    weights_file = getattr(encoder, "weights_file", None)
+    material = {
+        "dataset": data.name,
+        "dataset_fingerprint": getattr(data, "fingerprint", None),
+        "encoder": {"name": name, **opts},
+        "weights_sha256": file_digest(weights_file) if weights_file else None,
+    }
+    if name not in PRETRAINED:
+        # identity / pca latents depend on the data itself: hash what went in.
+        material["train_inputs"] = _array_digest(data.train.inputs)
+        material["test_inputs"] = _array_digest(data.test.inputs)
+    latents = {}
+    hits = {}
+    for split_name in ("train", "test"):
+        split = getattr(data, split_name)
+
+        def compute(split=split, split_name=split_name):
+            z = extract_features(encoder, split.inputs, device=device,
+                                 desc=f"encode {split_name}", **extraction)
+            return z, split.labels
+
+        (z, labels), hits[split_name] = cached(
+            {**material, "split": split_name, "indices": _array_digest(split.indices)},
+            compute, cache_dir=cache_dir, force=force,
+        )
+        if not np.array_equal(labels, split.labels):
+            raise ValueError(f"cached labels for the {split_name} split do not match the data")
+        latents[split_name] = z
+    return encoder, latents["train"], latents["test"], hits
+
+
+def _array_digest(x) -> str | None:
+    if not isinstance(x, np.ndarray):
+        return None
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:24]
+
+
+def fit_mixture(Z_train, y_train, mixture_cfg, *, seed: int) -> GaussianMixtureClassifier:
+    opts = _options(mixture_cfg)
+    robust_radius = opts.pop("robust_radius")
+    holdout = opts.pop("holdout_fraction")
+    mixture = GaussianMixtureClassifier(**opts, random_state=seed)
+    if robust_radius is not None:
+        from gmcert.robust import fit_robust_mixture
+
+        return fit_robust_mixture(mixture, Z_train, y_train, radius=robust_radius,
+                                  holdout_fraction=holdout, seed=seed)
+    return mixture.fit(Z_train, y_train)
+
+
+def _run_fingerprint(cfg: DictConfig) -> str:
+    """Everything that determines the predictions; paths and index ranges excluded."""
+    keep = OmegaConf.to_container(cfg, resolve=False)
+    keep.pop("paths", None)
+    keep.get("certify", {}).pop("start", None)
+    keep.get("certify", {}).pop("stop", None)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def open_prediction_log(out_dir: Path, fingerprint: str) -> PredictionLog:
+    """The run's predictions log; a folder holding another config's predictions is refused."""
+    stamp = out_dir / "run_fingerprint.txt"
+    if stamp.exists() and stamp.read_text().strip() != fingerprint:
+        raise ValueError(
+            f"{out_dir} holds predictions of a different configuration; resume only with the "
+            "same config, or choose a fresh hydra.run.dir"
+        )
+    stamp.write_text(fingerprint + "\n")
+    return PredictionLog(out_dir / "predictions.csv")
+
+
+def certify_all(method, log_: PredictionLog, positions, data: LabelledData) -> None:
+    """Certify the positions not yet in the log, appending each chunk as soon as it is done."""
+    done = log_.done(method.name)
+    todo = np.array([p for p in positions if int(data.test.indices[p]) not in done], dtype=int)
+    if len(todo) < len(positions):
+        log.info("%s: resuming, %d of %d points already certified", method.name,
+                 len(positions) - len(todo), len(positions))
+    chunk = getattr(method, "chunk_size", 4096)
+    for start in tqdm(range(0, len(todo), chunk), desc=f"certify {method.name}", unit="chunk",
+                      leave=False, disable=len(todo) <= chunk):
+        rows = todo[start : start + chunk]
+        t0 = time.perf_counter()
+        result = method.certify(rows)
+        seconds = (time.perf_counter() - t0) / len(rows)
+        labels = data.test.labels[rows]
+        log_.append(pd.DataFrame({
+            "method": method.name,
+            "index": data.test.indices[rows],
+            "label": labels,
+            "predict": result.predict,
+            "radius_latent": result.radius_latent,
+            "radius_input": result.radius_input,
+            "correct": result.predict == labels,
+            "seconds": seconds,
+        }))
+
+
+def evaluate(predictions: pd.DataFrame, methods, *, radii, norm: str, alpha: float):
+    """certified_accuracy.csv rows and per-method summary metrics."""
+    tables, summary = [], {}
+    for method in methods:
+        rows = predictions[predictions["method"] == method.name]
+        space = "input" if rows["radius_input"].notna().all() else "latent"
+        radius = rows[f"radius_{space}"].to_numpy()
+        correct = rows["correct"].to_numpy(bool)
+        table = certified_accuracy(correct, radius, radii, alpha=alpha)
+        table.insert(0, "method", method.name)
+        table.insert(1, "norm", getattr(method, "norm", norm))
+        table.insert(2, "space", space)
+        tables.append(table)
+        summary[method.name] = {
+            "clean_accuracy": float(correct.mean()),
+            "average_certified_radius": average_certified_radius(correct, radius),
+            "abstain_rate": float((rows["predict"] == -1).mean()),
+            "radius_space": space,
+            "exact": bool(getattr(method, "exact", True)),
+            "points": int(len(rows)),
+            "seconds_per_point": float(rows["seconds"].mean()),
+        }
+    return pd.concat(tables, ignore_index=True), summary
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run one job; returns the metrics it wrote to ``metrics.json``."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_certify_options(cfg.certify)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    timer = StageTimer()
+
+    with timer("data"):
+        data = build_dataset(cfg.dataset.name, **_options(cfg.dataset))
+    with timer("encode"):
+        cache_dir = cfg.paths.cache_dir if cfg.cache.enabled else None
+        encoder, Z_train, Z_test, cache_hits = encode(
+            data, cfg.encoder, device=device, cache_dir=cache_dir, force=cfg.cache.force
+        )
+    with timer("fit"):
+        mixture = fit_mixture(Z_train, data.train.labels, cfg.mixture, seed=cfg.seed)
+
+    stop = len(data.test) if cfg.certify.stop is None else min(cfg.certify.stop, len(data.test))
+    positions = np.arange(cfg.certify.start, stop)
+    if len(positions) == 0:
+        raise ValueError(f"certify.start={cfg.certify.start} is past the {len(data.test)} test points")
+    ctx = CertifyContext(
+        mixture=mixture, test_latents=Z_test, device=device, lipschitz=encoder.lipschitz,
+        norm=cfg.certify.norm, batch_size=cfg.certify.batch_size, dtype=cfg.certify.dtype,
+        extra={"encoder": encoder, "data": data, "train_latents": Z_train,
+               "options": cfg.certify, "seed": cfg.seed},
+    )
+    methods = [build_method(name, ctx) for name in cfg.certify.methods]
+    predictions_log = open_prediction_log(out_dir, _run_fingerprint(cfg))
+    with timer("certify"):
+        for method in methods:
+            certify_all(method, predictions_log, positions, data)
+
+    with timer("evaluate"):
+        predictions = predictions_log.read()
+        predictions = predictions[predictions["index"].isin(data.test.indices[positions])]
+        table, summary = evaluate(predictions, methods, radii=list(cfg.certify.radii),
+                                  norm=cfg.certify.norm, alpha=cfg.certify.ci_alpha)
+        population = _population_column(table, methods, encoder.lipschitz, cfg)
+
+    write_csv(out_dir / "certified_accuracy.csv", table)
+    plot_certified_accuracy(predictions, table, out_dir / "certified_accuracy.png",
+                            title=f"{data.name} / {cfg.encoder.name} / {mixture.covariance}")
+    metrics = {
+        "dataset": data.name,
+        "encoder": cfg.encoder.name,
+        "covariance": mixture.covariance,
+        "num_classes": data.num_classes,
+        "latent_dim": int(Z_train.shape[1]),
+        "train_points": len(data.train),
+        "test_points": len(data.test),
+        "certified_points": int(len(positions)),
+        "certified_indices": [int(positions[0]), int(positions[-1]) + 1],
+        "lipschitz": encoder.lipschitz,
+        "radius_units": _radius_units(encoder.lipschitz),
+        "methods": summary,
+        "mixture": {"shrinkage": np.asarray(mixture.shrinkage_).tolist(),
+                    "train_accuracy": float((mixture.predict(Z_train) == data.train.labels).mean())},
+        "population_Q": population,
+        "cache_hits": cache_hits,
+        "stage_seconds": timer.seconds,
+        "throughput": {
+            "certify_points_per_second": len(positions) * len(methods) / max(timer.seconds["certify"], 1e-9),
+        },
+        "device": _device_name(device),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "output_dir": str(out_dir),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    log.info("certified accuracy (%s):\n%s", metrics["radius_units"], format_table(table))
+    return metrics
+
+
+def _population_column(table, methods, lipschitz, cfg) -> dict | None:
+    """Add CA under Q (Monte Carlo from the fitted mixture) beside the closed-form rows."""
+    table["population_Q"] = np.nan
+    closed = [m for m in methods if m.name == "closed_form"]
+    if not closed or cfg.certify.population_samples <= 0:
+        return None
+    rows = table["method"] == "closed_form"
+    scale = lipschitz if table.loc[rows, "space"].iloc[0] == "input" else 1.0
+    mc = population_certified_accuracy(
+        closed[0].ctx.mixture, closed[0].certifier, table.loc[rows, "radius"].to_numpy() * scale,
+        samples=cfg.certify.population_samples, alpha=cfg.certify.ci_alpha, seed=cfg.seed,
+    )
+    table.loc[rows, "population_Q"] = mc["certified_accuracy"].to_numpy()
+    return {"method": "monte_carlo", "samples": cfg.certify.population_samples,
+            "ci_low": mc["ci_low"].tolist(), "ci_high": mc["ci_high"].tolist()}
+
+
+def _radius_units(lipschitz) -> str:
+    if lipschitz:
+        return "input space, l_p norm of [0, 1] pixel units (latent radius / Lipschitz bound)"
+    return "latent space (no certified Lipschitz bound for this encoder)"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _versions() -> dict:
+    import hydra
+    import scipy
+    import sklearn
+    import torchvision
+
+    import gmcert
+
+    return {
+        "gmcert": gmcert.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__,
+        "pandas": pd.__version__, "hydra": hydra.__version__,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

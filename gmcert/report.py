@@ -1,0 +1,70 @@
+"""Tables and plots of certified accuracy, for one run."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: runs write PNG files, they never open windows
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gmcert.io import atomic_write  # noqa: E402
+
+
+def certified_accuracy_curve(correct, radii, grid) -> np.ndarray:
+    """CA(r) on a grid: the fraction of points both correct and certified at radius >= r."""
+    correct = np.asarray(correct, bool)
+    ok = np.sort(np.asarray(radii, np.float64)[correct])
+    return (len(ok) - np.searchsorted(ok, grid, side="left")) / max(len(correct), 1)
+
+
+def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path, *, title: str):
+    """One curve per method, with the table's Clopper-Pearson intervals as error bars."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method, rows in predictions.groupby("method", sort=False):
+        space = table.loc[table["method"] == method, "space"].iloc[0]
+        radii = rows["radius_input" if space == "input" else "radius_latent"].to_numpy()
+        finite = radii[np.isfinite(radii)]
+        top = max(float(finite.max()) if finite.size else 1.0, float(table["radius"].max()))
+        grid = np.linspace(0, top * 1.05, 400)
+        curve = certified_accuracy_curve(rows["correct"].to_numpy(), np.nan_to_num(radii), grid)
+        (line,) = ax.step(grid, curve, where="post", label=f"{method} ({space} radius)")
+        at = table[table["method"] == method]
+        ax.errorbar(
+            at["radius"], at["certified_accuracy"],
+            yerr=[at["certified_accuracy"] - at["ci_low"], at["ci_high"] - at["certified_accuracy"]],
+            fmt="o", color=line.get_color(), markersize=3, capsize=2,
+        )
+        if "population_Q" in at and at["population_Q"].notna().any():
+            ax.plot(at["radius"], at["population_Q"], "--", color=line.get_color(), alpha=0.6,
+                    label=f"{method}: CA under Q")
+        if "bound_at_eps" in at and at["bound_at_eps"].notna().any():
+            ax.plot(at["radius"], at["bound_at_eps"], ":", color=line.get_color(),
+                    label=f"{method}: bound at eps")
+    norm = table["norm"].iloc[0]
+    ax.set(xlabel=f"{norm} radius", ylabel="certified accuracy", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The run's table as printed at the end of ``gmcert-run``: methods as rows, radii as columns."""
+    wide = table.pivot_table(
+        index=["method", "space", "norm"], columns="radius", values="certified_accuracy", sort=False
+    )
+    wide.columns = [f"r={r:g}" for r in wide.columns]
+    return wide.to_string(float_format=lambda v: f"{v:.3f}")
+
+
+def read_table(run_dir) -> pd.DataFrame:
+    from pathlib import Path
+
+    return pd.read_csv(Path(run_dir) / "certified_accuracy.csv")
+
+
+def report_cli(argv: list[str]) -> int:
+    raise SystemExit("gmcert-report: not yet implemented")
