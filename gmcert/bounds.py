@@ -53,22 +53,22 @@ def kl_inverse_lower(q, eps, *, iterations: int = 60):
     """Tightest lower bound on P(A) given Q(A) = q and KL(P || Q) <= eps.
 
     Returns ``inf {p in [0, q] : kl(p || q) <= eps}`` by bisection; kl(. || q) decreases on
-    [0, q], so the set is an interval [p*, q]. The returned value is the upper end of the final
-    bracket on the infeasible side's complement, i.e. always feasible (never above the true
-    infimum by more than 2**-iterations, never below it).
+    [0, q], so the set is an interval [p*, q]. The lower end of the final bracket is returned:
+    it lies on the infeasible side, so the bound is never above p* (a lower bound must err
+    low), and it is within 2**-iterations of it.
     """
     q, eps = np.broadcast_arrays(np.asarray(q, np.float64), np.asarray(eps, np.float64))
     if np.any(eps < 0):
         raise ValueError("eps must be >= 0 (it is a KL divergence budget)")
     lo = np.zeros_like(q)
     hi = q.copy()
-    feasible_at_zero = bernoulli_kl(0.0, q) <= eps
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
         ok = bernoulli_kl(mid, q) <= eps
         hi = np.where(ok, mid, hi)
         lo = np.where(ok, lo, mid)
-    return np.where(feasible_at_zero, 0.0, hi)
+    exact = np.where(eps == 0, q, lo)  # eps = 0 means P = Q on the event: p* = q exactly
+    return np.where(bernoulli_kl(0.0, q) <= eps, 0.0, exact)
 
 
 def pinsker_lower(q, eps):

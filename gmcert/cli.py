@@ -56,3 +56,7 @@ def report_main(argv: list[str] | None = None) -> None:
     from gmcert.report import report_cli
 
     sys.exit(report_cli(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    run_main()

@@ -83,9 +83,15 @@ class LinearCertifier:
             dual = (dual**2 + slack).sqrt()
         else:
             dual = torch.cdist(M, M, p=_DUAL_P[norm]) * (1 + 4 * (dim + 3) * 2.0**-53)
-        self._dual = dual.to(self.device, dtype)
-        self._m_norm = M.norm(dim=1).to(self.device, dtype)
-        self._c_abs = c.abs().to(self.device, dtype)
+        # Inverse norms, with -inf on the diagonal: the j = k entry then evaluates to
+        # (-slack) * (-inf) = +inf and drops out of the min without a scatter per batch.
+        inv_dual = 1.0 / dual
+        inv_dual.fill_diagonal_(-torch.inf)
+        self._inv_dual = inv_dual.to(self.device, dtype)
+        # Per-row rounding slack: gamma (||z|| (||m_k|| + ||m_j||) + |c_k| + |c_j|) is bounded
+        # by gamma (2 max ||m|| ||z|| + 2 max |c|), one scalar per row instead of a (B, K) matrix.
+        self._slack_z = 2 * self._gamma * float(M.norm(dim=1).max())
+        self._slack_0 = 2 * self._gamma * float(c.abs().max()) + float(torch.finfo(dtype).tiny)
         self.num_classes, self.dim = num_classes, dim
 
     @torch.inference_mode()
@@ -94,19 +100,13 @@ class LinearCertifier:
         Z = torch.as_tensor(Z).to(self.device, self.dtype)
         scores = torch.addmm(self._c, Z, self._M.T)
         top, pred = scores.max(dim=1)
-        margin = top[:, None] - scores
-        # Rounding bound on each computed margin s_k - s_j.
-        z_norm = Z.norm(dim=1, keepdim=True)
-        err = self._gamma * (
-            z_norm * (self._m_norm[pred][:, None] + self._m_norm)
-            + self._c_abs[pred][:, None] + self._c_abs
-        )
-        dual = self._dual[pred]
-        ratio = (margin - err).clamp_min(0) / dual
-        # Identical rows m_k = m_j: the boundary is empty iff c_k > c_j (margin constant).
-        ratio = torch.where(dual > 0, ratio, torch.where(margin > err, torch.inf, 0.0))
-        ratio.scatter_(1, pred[:, None], torch.inf)
-        return pred, ratio.min(dim=1).values
+        slack = torch.linalg.vector_norm(Z, dim=1).mul_(self._slack_z).add_(self._slack_0)
+        # ratio_kj = (s_k - s_j - slack) / ||m_k - m_j||_q, computed in place over the scores.
+        ratio = torch.sub((top - slack)[:, None], scores, out=scores)
+        ratio.mul_(self._inv_dual.index_select(0, pred))
+        radius = ratio.min(dim=1).values
+        # A negative margin (within rounding) or 0 * inf (identical rows) certifies nothing.
+        return pred, torch.nan_to_num_(radius, nan=0.0).clamp_min_(0.0)
 
     def scores(self, Z) -> torch.Tensor:
         Z = torch.as_tensor(Z).to(self.device, self.dtype)

@@ -56,6 +56,13 @@ def validate_split(split: Split, *, name: str, num_classes: int) -> None:
             f"the {name} split has labels outside 0..{num_classes - 1}: "
             f"found {labels.min()}..{labels.max()}"
         )
+    if name == "train":
+        empty = np.flatnonzero(np.bincount(labels, minlength=num_classes) == 0).tolist()
+        if empty:
+            raise ValueError(
+                f"classes {empty} have no samples in the train split, so the mixture cannot "
+                "model them; add samples of those classes or drop them from the label set"
+            )
 
 
 def _embedded(name):

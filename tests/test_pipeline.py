@@ -1,0 +1,103 @@
+"""End to end: the default pipeline writes every output, resumes, and rejects bad data clearly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gmcert.data import DATASET_BUILDERS
+from gmcert.data.embedded import build_digits
+from gmcert.io import PredictionLog
+from gmcert.pipeline import run
+
+TABLE_COLUMNS = ["method", "norm", "space", "radius", "certified_accuracy", "ci_low", "ci_high",
+                 "n", "population_Q"]
+
+
+def test_default_run_writes_every_output(make_cfg):
+    cfg = make_cfg()
+    metrics = run(cfg)
+    out = cfg.paths.output_dir
+    table = pd.read_csv(f"{out}/certified_accuracy.csv")
+    assert list(table.columns[: len(TABLE_COLUMNS)]) == TABLE_COLUMNS
+    assert table["radius"].tolist() == list(cfg.certify.radii)
+    assert (table["ci_low"] <= table["certified_accuracy"]).all()
+    assert (table["certified_accuracy"] <= table["ci_high"]).all()
+    assert table["certified_accuracy"].is_monotonic_decreasing
+    preds = pd.read_csv(f"{out}/predictions.csv")
+    assert list(preds.columns) == PredictionLog.COLUMNS
+    assert len(preds) == 360 and preds["index"].is_unique
+    assert (preds["correct"] == (preds["predict"] == preds["label"])).all()
+    # Identity encoder: Lipschitz 1, so input radii equal latent radii.
+    np.testing.assert_array_equal(preds["radius_input"], preds["radius_latent"])
+    written = json.loads(open(f"{out}/metrics.json").read())
+    for key in ("methods", "stage_seconds", "throughput", "device", "versions", "git_commit"):
+        assert key in written
+    summary = written["methods"]["closed_form"]
+    assert summary["clean_accuracy"] > 0.9
+    assert summary["average_certified_radius"] > 0
+    assert set(written["stage_seconds"]) == {"data", "encode", "fit", "certify", "evaluate"}
+    assert metrics["methods"] == written["methods"]
+    with open(f"{out}/certified_accuracy.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # The table agrees with the per-point radii.
+    ok = preds["correct"] & (preds["radius_input"] >= 0.25)
+    row = table[table["radius"] == 0.25].iloc[0]
+    assert row["certified_accuracy"] == pytest.approx(ok.mean())
+
+
+def test_rerun_in_same_folder_resumes_without_duplicates(make_cfg):
+    cfg = make_cfg("certify.stop=100")
+    run(cfg)
+    first = pd.read_csv(f"{cfg.paths.output_dir}/predictions.csv")
+    cfg.certify.stop = None  # the same job, extended to every test point
+    run(cfg)
+    both = pd.read_csv(f"{cfg.paths.output_dir}/predictions.csv")
+    assert len(first) == 100 and len(both) == 360 and both["index"].is_unique
+    pd.testing.assert_frame_equal(both.iloc[:100].drop(columns="seconds"),
+                                  first.drop(columns="seconds"))
+
+
+def test_folder_of_another_config_is_refused(make_cfg):
+    run(make_cfg())
+    with pytest.raises(ValueError, match="different configuration"):
+        run(make_cfg("mixture.shrinkage=oas"))
+
+
+def test_synthetic_encoders_and_pca(make_cfg):
+    metrics = run(make_cfg("dataset=synthetic", "dataset.dim=4", "encoder=pca",
+                           "encoder.n_components=3"))
+    assert metrics["lipschitz"] == pytest.approx(1.0)
+    assert metrics["methods"]["closed_form"]["clean_accuracy"] > 0.8
+
+
+def _patched_digits(monkeypatch, corrupt):
+    def build(**options):
+        data = build_digits(**options)
+        corrupt(data)
+        return data
+
+    monkeypatch.setitem(DATASET_BUILDERS, "digits", build)
+
+
+def test_nan_in_data_is_a_clear_error(make_cfg, monkeypatch):
+    def corrupt(data):
+        data.train.inputs[5, 3] = np.nan
+
+    _patched_digits(monkeypatch, corrupt)
+    with pytest.raises(ValueError, match=r"train split has 1 inputs with NaN.*rows: \[5\]"):
+        run(make_cfg())
+
+
+def test_empty_class_is_a_clear_error(make_cfg, monkeypatch):
+    def corrupt(data):
+        keep = data.train.labels != 3
+        data.train.inputs, data.train.labels = data.train.inputs[keep], data.train.labels[keep]
+        data.train.indices = data.train.indices[keep]
+
+    _patched_digits(monkeypatch, corrupt)
+    with pytest.raises(ValueError, match=r"classes \[3\] have no samples in the train split"):
+        run(make_cfg())
