@@ -53,7 +53,7 @@ def run_main(cfg: DictConfig) -> None:
 
 
 def report_main(argv: list[str] | None = None) -> None:
-    from gmcert.report import report_cli
+    from gmcert.aggregate import report_cli
 
     sys.exit(report_cli(sys.argv[1:] if argv is None else argv))
 

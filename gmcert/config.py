@@ -123,6 +123,9 @@ class CertifyConfig:
     ci_alpha: float = 0.05  # level of the Clopper-Pearson interval on certified accuracy
     start: int = 0  # certify test points [start, stop): split a large run into jobs
     stop: int | None = None
+    # ... or sweep `certify.shards=N certify.shard=0,..,N-1`: job i takes the i-th of N parts.
+    shards: int = 1
+    shard: int = 0
     # randomized smoothing (pixels in [0, 1])
     sigma: float = 0.25
     n0: int = 100

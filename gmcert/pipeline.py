@@ -65,6 +65,10 @@ def check_certify_options(certify) -> None:
         raise ValueError(
             f"certify.start/stop must satisfy 0 <= start < stop, got {certify.start}/{certify.stop}"
         )
+    if not 0 <= certify.shard < certify.shards:
+        raise ValueError(
+            f"certify.shard must be in 0..shards-1, got shard={certify.shard}, shards={certify.shards}"
+        )
 
 
 def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool):
@@ -128,8 +132,8 @@ def _run_fingerprint(cfg: DictConfig) -> str:
     """Everything that determines the predictions; paths and index ranges excluded."""
     keep = OmegaConf.to_container(cfg, resolve=False)
     keep.pop("paths", None)
-    keep.get("certify", {}).pop("start", None)
-    keep.get("certify", {}).pop("stop", None)
+    for key in ("start", "stop", "shard", "shards"):
+        keep.get("certify", {}).pop(key, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -143,6 +147,18 @@ def open_prediction_log(out_dir: Path, fingerprint: str) -> PredictionLog:
         )
     stamp.write_text(fingerprint + "\n")
     return PredictionLog(out_dir / "predictions.csv")
+
+
+def certify_positions(num_test: int, certify) -> np.ndarray:
+    """The test positions this job certifies: [start, stop), then its shard of that range."""
+    stop = num_test if certify.stop is None else min(certify.stop, num_test)
+    positions = np.array_split(np.arange(certify.start, stop), certify.shards)[certify.shard]
+    if len(positions) == 0:
+        raise ValueError(
+            f"no test points to certify: start={certify.start}, stop={certify.stop}, "
+            f"shard {certify.shard} of {certify.shards}, with {num_test} test points"
+        )
+    return positions
 
 
 def certify_all(method, log_: PredictionLog, positions, data: LabelledData) -> None:
@@ -216,10 +232,7 @@ def run(cfg: DictConfig) -> dict:
     with timer("fit"):
         mixture = fit_mixture(Z_train, data.train.labels, cfg.mixture, seed=cfg.seed)
 
-    stop = len(data.test) if cfg.certify.stop is None else min(cfg.certify.stop, len(data.test))
-    positions = np.arange(cfg.certify.start, stop)
-    if len(positions) == 0:
-        raise ValueError(f"certify.start={cfg.certify.start} is past the {len(data.test)} test points")
+    positions = certify_positions(len(data.test), cfg.certify)
     ctx = CertifyContext(
         mixture=mixture, test_latents=Z_test, device=device, lipschitz=encoder.lipschitz,
         norm=cfg.certify.norm, batch_size=cfg.certify.batch_size, dtype=cfg.certify.dtype,

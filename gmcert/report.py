@@ -60,11 +60,10 @@ def format_table(table: pd.DataFrame) -> str:
     return wide.to_string(float_format=lambda v: f"{v:.3f}")
 
 
+# --------------------------------------------------------------------- many runs: gmcert-report
+
+
 def read_table(run_dir) -> pd.DataFrame:
     from pathlib import Path
 
     return pd.read_csv(Path(run_dir) / "certified_accuracy.csv")
-
-
-def report_cli(argv: list[str]) -> int:
-    raise SystemExit("gmcert-report: not yet implemented")

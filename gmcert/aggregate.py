@@ -1,0 +1,217 @@
+"""`gmcert-report DIR...`: one combined table and plot from many run folders.
+
+A run folder is any folder with Hydra's ``.hydra/`` or a ``predictions.csv``. Each is named by
+its overrides. Failed jobs (``failed.json``) and half-written ones (predictions but no
+table) are listed and skipped. Jobs that certified index ranges of one configuration
+(``certify.start`` / ``certify.stop``) share a run fingerprint; their predictions are merged
+and the table recomputed, identical to the table of one unsplit run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from gmcert.evaluate import certified_accuracy
+from gmcert.io import atomic_write, write_csv
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    name: str
+    status: str  # complete | failed | incomplete
+    reason: str = ""
+    fingerprint: str | None = None
+    config: dict = field(default_factory=dict)
+
+
+def _overrides_name(path: Path) -> str:
+    file = path / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(file.read_text()) if file.exists() else None
+    # Index ranges and shards split one configuration; they do not name a different run.
+    split = ("hydra.", "paths.", "certify.start", "certify.stop", "certify.shard")
+    kept = [o for o in overrides or [] if not o.startswith(split)]
+    return " ".join(kept) or path.name
+
+
+def inspect_run(path: Path) -> RunFolder:
+    config_file = path / ".hydra" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
+    stamp = path / "run_fingerprint.txt"
+    run = RunFolder(path, _overrides_name(path), "complete", config=config or {},
+                    fingerprint=stamp.read_text().strip() if stamp.exists() else None)
+    failed = path / "failed.json"
+    if failed.exists():
+        run.status, run.reason = "failed", json.loads(failed.read_text()).get("error", "")
+    elif not (path / "certified_accuracy.csv").exists() or not (path / "metrics.json").exists():
+        run.status = "incomplete"
+        run.reason = "no certified_accuracy.csv / metrics.json: interrupted or still running"
+    return run
+
+
+def find_runs(dirs) -> list[RunFolder]:
+    runs = []
+    for root in map(Path, dirs):
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist; pass run folders or a multirun folder")
+        candidates = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+        candidates |= {p.parent for p in root.rglob("predictions.csv")}
+        candidates |= {p.parent for p in root.rglob("failed.json")}
+        runs += [inspect_run(p) for p in sorted(candidates)]
+    return runs
+
+
+def _merged_table(group: list[RunFolder]) -> pd.DataFrame:
+    """Recompute one table from the union of the group's predictions (split certification)."""
+    first = pd.read_csv(group[0].path / "certified_accuracy.csv")
+    predictions = pd.concat([pd.read_csv(r.path / "predictions.csv") for r in group])
+    predictions = predictions.drop_duplicates(subset=["method", "index"], keep="first")
+    certify = group[0].config.get("certify", {})
+    tables = []
+    for (method, norm, space), rows in first.groupby(["method", "norm", "space"], sort=False):
+        preds = predictions[predictions["method"] == method]
+        table = certified_accuracy(preds["correct"].to_numpy(bool),
+                                   preds[f"radius_{space}"].to_numpy(), rows["radius"].to_numpy(),
+                                   alpha=certify.get("ci_alpha", 0.05))
+        table.insert(0, "method", method)
+        table.insert(1, "norm", norm)
+        table.insert(2, "space", space)
+        # Columns computed from Q or eps, not from test points, are the same in every part.
+        for extra in first.columns.difference(table.columns):
+            table[extra] = rows[extra].to_numpy()
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def combine(runs: list[RunFolder]) -> pd.DataFrame:
+    """Long table of every complete run (split parts merged), with a ``run`` column."""
+    complete = [r for r in runs if r.status == "complete"]
+    groups: dict[str, list[RunFolder]] = {}
+    for r in complete:
+        groups.setdefault(r.fingerprint or str(r.path), []).append(r)
+    tables = []
+    for group in groups.values():
+        if len(group) > 1:
+            table = _merged_table(group)
+            name = f"{group[0].name} (merged {len(group)} parts)"
+        else:
+            table = pd.read_csv(group[0].path / "certified_accuracy.csv")
+            name = group[0].name
+        table.insert(0, "run", name)
+        tables.append(table)
+    if not tables:
+        return pd.DataFrame()
+    return pd.concat(tables, ignore_index=True)
+
+
+def wide_table(combined: pd.DataFrame) -> pd.DataFrame:
+    """Rows = run / method, columns = radii: the layout of the literature's tables."""
+    wide = combined.pivot_table(index=["run", "method"], columns="radius",
+                                values="certified_accuracy", sort=False)
+    wide.columns = [f"{r:g}" for r in wide.columns]
+    return wide
+
+
+def _marked(wide: pd.DataFrame, bold) -> pd.DataFrame:
+    best = wide.max(axis=0)
+    return wide.apply(lambda col: [bold(f"{v:.3f}") if v == best[col.name] and v > 0
+                                   else ("" if np.isnan(v) else f"{v:.3f}") for v in col])
+
+
+def to_markdown(wide: pd.DataFrame) -> str:
+    marked = _marked(wide, lambda s: f"**{s}**")
+    header = "| run | method | " + " | ".join(f"r = {c}" for c in marked.columns) + " |"
+    lines = [header, "|" + " --- |" * (len(marked.columns) + 2)]
+    for (run, method), row in marked.iterrows():
+        lines.append(f"| {run} | {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(wide: pd.DataFrame) -> str:
+    def esc(s):
+        return str(s).replace("_", r"\_").replace("%", r"\%")
+
+    marked = _marked(wide, lambda s: rf"\textbf{{{s}}}")
+    cols = "ll" + "c" * len(marked.columns)
+    lines = [rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+             "run & method & " + " & ".join(f"$r = {c}$" for c in marked.columns) + r" \\",
+             r"\midrule"]
+    for (run, method), row in marked.iterrows():
+        lines.append(f"{esc(run)} & {esc(method)} & " + " & ".join(row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_runs(combined: pd.DataFrame, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for (run, method), rows in combined.groupby(["run", "method"], sort=False):
+        ax.plot(rows["radius"], rows["certified_accuracy"], marker="o", markersize=3,
+                label=f"{run}: {method}")
+        ax.fill_between(rows["radius"], rows["ci_low"], rows["ci_high"], alpha=0.12)
+    spaces = ", ".join(sorted(set(combined["norm"] + " " + combined["space"])))
+    ax.set(xlabel=f"radius ({spaces})", ylabel="certified accuracy", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def report(dirs, out_dir) -> dict:
+    """Write combined.{csv,md,tex,png} and runs.csv into ``out_dir``; return a summary."""
+    runs = find_runs(dirs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    status = pd.DataFrame([{"run": r.name, "status": r.status, "reason": r.reason,
+                            "folder": str(r.path)} for r in runs],
+                          columns=["run", "status", "reason", "folder"])
+    write_csv(out / "runs.csv", status)
+    combined = combine(runs)
+    if not combined.empty:
+        write_csv(out / "combined.csv", combined)
+        wide = wide_table(combined)
+        atomic_write(out / "combined.md", lambda p: p.write_text(to_markdown(wide)))
+        atomic_write(out / "combined.tex", lambda p: p.write_text(to_latex(wide)))
+        plot_runs(combined, out / "combined.png")
+    return {"runs": runs, "combined": combined, "out_dir": out}
+
+
+def report_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gmcert-report",
+        description="Combine gmcert run folders (or whole multirun folders) into one table and plot.",
+    )
+    parser.add_argument("dirs", nargs="+", help="run folders or folders that contain them")
+    parser.add_argument("--out", help="where to write (default: outputs/report/<date>)")
+    args = parser.parse_args(argv)
+    out = args.out or f"outputs/report/{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    try:
+        result = report(args.dirs, out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"gmcert-report: error: {err}")
+        return 2
+    for r in result["runs"]:
+        if r.status != "complete":
+            print(f"skipped ({r.status}): {r.path}  {r.reason}")
+    if result["combined"].empty:
+        print("no complete runs found")
+        return 1
+    print(to_markdown(wide_table(result["combined"])))
+    print(f"wrote {result['out_dir']}")
+    return 0

@@ -1,0 +1,69 @@
+"""Sweeps: split certification merges exactly, bad jobs never sink a sweep or a report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+
+from gmcert.aggregate import report
+from gmcert.pipeline import run
+
+FAST = ["certify.population_samples=2000"]
+
+
+def gmcert_run(*args, cwd):
+    proc = subprocess.run([sys.executable, "-m", "gmcert.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_split_over_three_jobs_merges_to_the_unsplit_table(tmp_path, make_cfg):
+    gmcert_run("-m", "hydra/launcher=submitit_local", "certify.shards=3",
+               "certify.shard=0,1,2", f"hydra.sweep.dir={tmp_path}/split",
+               f"paths.cache_dir={tmp_path}/cache", *FAST, cwd=tmp_path)
+    parts = [pd.read_csv(tmp_path / "split" / str(i) / "predictions.csv") for i in range(3)]
+    assert sum(map(len, parts)) == 360
+    assert not set(parts[0]["index"]) & set(parts[1]["index"])
+
+    cfg = make_cfg(*FAST)
+    run(cfg)
+    unsplit = pd.read_csv(f"{cfg.paths.output_dir}/certified_accuracy.csv")
+    merged = report([tmp_path / "split"], tmp_path / "report")["combined"]
+    assert merged["run"].nunique() == 1 and "merged 3 parts" in merged["run"].iloc[0]
+    pd.testing.assert_frame_equal(merged.drop(columns="run"), unsplit, check_exact=False,
+                                  rtol=1e-12)
+
+
+def test_report_lists_failed_and_half_written_runs(tmp_path, make_cfg):
+    good = make_cfg(*FAST)
+    run(good)
+    sweep = tmp_path / "sweep"
+    (sweep / "failed").mkdir(parents=True)
+    (sweep / "failed" / "failed.json").write_text(json.dumps({"error": "ValueError: boom"}))
+    half = sweep / "half"
+    half.mkdir()
+    (half / "predictions.csv").write_text("method,index,label,predict,radius_latent,"
+                                          "radius_input,correct,seconds\nclosed_form,0,1,1,0.2")
+    result = report([good.paths.output_dir, sweep], tmp_path / "report")
+    status = {r.path.name: r.status for r in result["runs"]}
+    assert status == {"run": "complete", "failed": "failed", "half": "incomplete"}
+    runs_csv = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert set(runs_csv["status"]) == {"complete", "failed", "incomplete"}
+    for name in ("combined.csv", "combined.md", "combined.tex", "combined.png"):
+        assert (tmp_path / "report" / name).exists()
+    tex = (tmp_path / "report" / "combined.tex").read_text()
+    assert r"\textbf{" in tex and r"\begin{tabular}" in tex
+
+
+def test_sweep_survives_a_failing_job(tmp_path):
+    gmcert_run("-m", "mixture.shrinkage=oas,2.0", f"hydra.sweep.dir={tmp_path}/sweep",
+               f"paths.cache_dir={tmp_path}/cache", *FAST, cwd=tmp_path)
+    failed = json.loads((tmp_path / "sweep" / "1" / "failed.json").read_text())
+    assert "shrinkage" in failed["error"]
+    assert (tmp_path / "sweep" / "0" / "certified_accuracy.csv").exists()
+    statuses = sorted(r.status for r in report([tmp_path / "sweep"], tmp_path / "rep")["runs"])
+    assert statuses == ["complete", "failed"]
