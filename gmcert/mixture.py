@@ -8,6 +8,7 @@ stay on disk (a memory map) however many there are.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,7 @@ def shrinkage_intensity(cov: np.ndarray, n: float, fourth_sum: float, rule) -> f
     """
     if rule == "none" or rule is None:
         return 0.0
-    if isinstance(rule, int | float):
+    if isinstance(rule, numbers.Real):
         return float(rule)
     d = cov.shape[0]
     if d == 1:
@@ -125,6 +126,11 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     Attributes: ``classes_``, ``priors_`` (K,), ``means_`` (K, d), ``covariances_`` (d, d)
     shared or (K, d, d), ``precisions_`` likewise, ``log_weights_`` (K,) = log pi_k - 1/2 log
     det Sigma_k, ``shrinkage_`` (per class or scalar), ``n_features_in_``.
+
+    Scores: ``predict_joint_log_proba`` gives s_k(z) = log pi_k + log N(z; mu_k, Sigma_k),
+    (n, K), for every K; ``decision_function`` follows scikit-learn and is (n,) log-odds when
+    K = 2. ``reg_covar`` (and ``tau``) are part of the fitted covariances, hence of every score,
+    of ``score_samples`` and of ``sample``.
     """
 
     def __init__(
@@ -149,15 +155,23 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y):
+        self._check_params()
+        # float32 and float64 pass through uncopied (a memory map stays on disk); the
+        # moments are accumulated in float64 chunk by chunk.
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], copy=False)
         check_classification_targets(y)
-        self._check_params()
         self.classes_, y_codes = np.unique(y, return_inverse=True)
         num_classes, (n, d) = len(self.classes_), X.shape
         if num_classes < 2:
+            # "1 class" is the wording scikit-learn's estimator checks look for.
             raise ValueError(
                 f"GaussianMixtureClassifier needs at least 2 classes; y has only "
-                f"{self.classes_.tolist()}"
+                f"{num_classes} class: {self.classes_.tolist()}"
+            )
+        if self.covariance == "lowrank" and not self.rank < d:
+            raise ValueError(
+                f"covariance='lowrank' needs rank < n_features = {d}, got rank={self.rank}; "
+                "use covariance='full' for a full-rank covariance per class"
             )
         scatter = {"shared": "pooled", "isotropic": "pooled", "diag": "diag"}.get(
             self.covariance, "per_class"
@@ -178,37 +192,66 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
                 f"{COVARIANCE_FAMILIES}"
             )
         s = self.shrinkage
-        if isinstance(s, str) and s not in SHRINKAGE_RULES:
-            raise ValueError(f"unknown shrinkage {s!r}: use {SHRINKAGE_RULES} or a number in [0, 1]")
-        if not isinstance(s, str) and s is not None and not (0 <= float(s) <= 1):
-            raise ValueError(f"a fixed shrinkage must lie in [0, 1], got {s}")
-        if self.tau < 0 or self.reg_covar < 0:
-            raise ValueError("tau and reg_covar must be >= 0")
+        if isinstance(s, str) or s is None or isinstance(s, bool):
+            if s not in (*SHRINKAGE_RULES, None):
+                raise ValueError(
+                    f"unknown shrinkage {s!r}: use one of {SHRINKAGE_RULES} or a number in [0, 1]"
+                )
+        elif not isinstance(s, numbers.Real) or not 0 <= s <= 1:
+            raise ValueError(
+                f"a fixed shrinkage must be a number in [0, 1], got {s!r}; or use one of "
+                f"{SHRINKAGE_RULES}"
+            )
+        for name in ("tau", "reg_covar"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("rank", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.tau > 0 and self.covariance not in LINEAR_FAMILIES:
             raise ValueError(
                 "tau (the robust linear rule) needs a shared covariance: use "
                 "covariance='shared' or 'isotropic'"
             )
 
+    def _unshrunk(self) -> bool:
+        return self.shrinkage in ("none", None) or (
+            not isinstance(self.shrinkage, str) and float(self.shrinkage) == 0
+        )
+
     def _check_class_sizes(self, counts, d):
+        """Refuse fits whose covariance would be singular before reg_covar, naming a fix."""
+        pooled_dof = int(counts.sum()) - len(counts)
+        if self.covariance in ("isotropic", "shared") and pooled_dof < 1:
+            raise ValueError(
+                f"covariance={self.covariance!r} pools the within-class residuals, but every "
+                "class has a single sample; more data is needed"
+            )
+        if self.covariance == "shared" and self._unshrunk() and pooled_dof < d:
+            raise ValueError(
+                f"an unshrunk shared covariance in d={d} needs n_samples - n_classes >= {d}, "
+                f"got {pooled_dof}; use shrinkage='ledoit_wolf' or 'oas'"
+            )
+        # The PPCA noise variance is the mean of the d - rank smallest eigenvalues of the
+        # class covariance, which has rank n_k - 1: it is zero unless n_k >= rank + 2.
         needs = {
-            "isotropic": (2, "isotropic"),
-            "shared": (2, "shared"),
-            "diag": (2, "isotropic or shared"),
-            "full": (2 if self.shrinkage != "none" else d + 1, "shared or full with shrinkage"),
-            "lowrank": (self.rank + 1, "shared, or lowrank with a smaller rank"),
+            "diag": (2, "covariance='isotropic' or 'shared'"),
+            "full": (
+                d + 1 if self._unshrunk() else 2,
+                "covariance='shared', or 'full' with shrinkage='ledoit_wolf'",
+            ),
+            "lowrank": (self.rank + 2, "covariance='shared', or 'lowrank' with a smaller rank"),
         }
+        if self.covariance not in needs:
+            return
         minimum, alternative = needs[self.covariance]
         small = {str(self.classes_[k]): int(c) for k, c in enumerate(counts) if c < minimum}
         if small:
             raise ValueError(
                 f"covariance={self.covariance!r} needs at least {minimum} samples per class in "
                 f"d={d}, but these classes have fewer: {small}; use {alternative}, or more data"
-            )
-        if self.covariance == "shared" and self.shrinkage == "none" and counts.sum() - len(counts) < d:
-            raise ValueError(
-                f"an unshrunk shared covariance in d={d} needs more than {d} degrees of freedom; "
-                "use shrinkage='ledoit_wolf'"
             )
 
     def _resolve_priors(self, counts):
@@ -217,9 +260,11 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
                 return counts / counts.sum()
             if self.priors == "uniform":
                 return np.full(len(counts), 1.0 / len(counts))
-            raise ValueError(f"priors must be 'empirical', 'uniform' or K weights, got {self.priors!r}")
+            raise ValueError(
+                f"priors must be 'empirical', 'uniform' or K weights, got {self.priors!r}"
+            )
         priors = np.asarray(self.priors, np.float64)
-        if priors.shape != counts.shape or np.any(priors <= 0):
+        if priors.shape != counts.shape or not np.all(np.isfinite(priors) & (priors > 0)):
             raise ValueError(f"priors must be {len(counts)} positive weights, got {self.priors!r}")
         return priors / priors.sum()
 
@@ -236,9 +281,12 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     def _fit_full(self, m, n, d):
         covs = m.scatter / m.counts[:, None, None]
         self.shrinkage_ = np.array(
-            [shrinkage_intensity(c, nk, f, self.shrinkage) for c, nk, f in zip(covs, m.counts, m.fourth)]
+            [
+                shrinkage_intensity(c, nk, f, self.shrinkage)
+                for c, nk, f in zip(covs, m.counts, m.fourth, strict=True)
+            ]
         )
-        shrunk = [_shrink(c, a) for c, a in zip(covs, self.shrinkage_)]
+        shrunk = [_shrink(c, a) for c, a in zip(covs, self.shrinkage_, strict=True)]
         self.covariances_ = np.stack(shrunk) + self.reg_covar * np.eye(d)
 
     def _fit_diag(self, m, n, d):
@@ -247,15 +295,14 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         self.covariances_ = np.stack([np.diag(v) for v in variances])
 
     def _fit_lowrank(self, m, n, d):
-        if not 1 <= self.rank < d:
-            raise ValueError(f"lowrank needs 1 <= rank < d = {d}, got rank={self.rank}")
+        """Probabilistic PCA (Tipping and Bishop 1999) of each class, plus reg_covar I."""
         covs = []
-        for scatter, nk in zip(m.scatter, m.counts):
+        for scatter, nk in zip(m.scatter, m.counts, strict=True):
             lam, vecs = linalg.eigh(scatter / nk)
             lam, vecs = lam[::-1], vecs[:, ::-1]
-            noise = max(lam[self.rank :].mean(), 0.0) + self.reg_covar
+            noise = max(lam[self.rank :].mean(), 0.0)
             u = vecs[:, : self.rank] * np.sqrt(np.maximum(lam[: self.rank] - noise, 0.0))
-            covs.append(u @ u.T + noise * np.eye(d))
+            covs.append(u @ u.T + (noise + self.reg_covar) * np.eye(d))
         self.shrinkage_ = 0.0
         self.covariances_ = np.stack(covs)
 
@@ -300,31 +347,46 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         return np.broadcast_to(c, (len(self.classes_), *c.shape[-2:])) if c.ndim == 2 else c
 
     def _joint_log_likelihood(self, X) -> np.ndarray:
-        """log pi_k + log N(x; mu_k, Sigma_k), (n, K), float64."""
+        """log pi_k + log N(x; mu_k, Sigma_k), (n, K), float64; X already validated."""
         d = self.n_features_in_
         out = np.empty((len(X), len(self.classes_)))
+        linear = self.is_linear_
+        if linear:
+            M, c = self.linear_head()
+            c = c + self.log_weights_ - np.log(self.priors_)  # the shared -1/2 log det Sigma
         for rows in _chunks(len(X), self.chunk_size):
             Z = np.asarray(X[rows], np.float64)
-            if self.is_linear_:
-                M, c = self.linear_head()
+            if linear:
                 quad = np.einsum("nd,de,ne->n", Z, self.precisions_, Z)
-                out[rows] = Z @ M.T + c - 0.5 * quad[:, None] + (self.log_weights_ - np.log(self.priors_))
+                out[rows] = Z @ M.T + c - 0.5 * quad[:, None]
             else:
-                for k, (mu, prec) in enumerate(zip(self.means_, self.precisions_)):
+                for k, (mu, prec) in enumerate(zip(self.means_, self.precisions_, strict=True)):
                     r = Z - mu
                     out[rows, k] = self.log_weights_[k] - 0.5 * np.einsum("nd,de,ne->n", r, prec, r)
         return out - 0.5 * d * math.log(2 * math.pi)
 
-    def decision_function(self, X) -> np.ndarray:
+    def predict_joint_log_proba(self, X) -> np.ndarray:
+        """s_k(z) = log pi_k + log N(z; mu_k, Sigma_k) = log Q(z, y=k), shape (n, K)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return self._joint_log_likelihood(X)
 
+    def decision_function(self, X) -> np.ndarray:
+        """Scores whose argmax is the prediction, as scikit-learn classifiers define them.
+
+        K > 2: the joint log-likelihoods s_k(z), shape (n, K). K = 2: the log-odds
+        s_1(z) - s_0(z), shape (n,), positive for ``classes_[1]`` (as in
+        LinearDiscriminantAnalysis).
+        """
+        jll = self.predict_joint_log_proba(X)
+        return jll[:, 1] - jll[:, 0] if jll.shape[1] == 2 else jll
+
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        check_is_fitted(self)  # before self.classes_ is read
+        return self.classes_[np.argmax(self.predict_joint_log_proba(X), axis=1)]
 
     def predict_log_proba(self, X) -> np.ndarray:
-        jll = self.decision_function(X)
+        jll = self.predict_joint_log_proba(X)
         return jll - logsumexp(jll, axis=1, keepdims=True)
 
     def predict_proba(self, X) -> np.ndarray:
@@ -332,10 +394,13 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
 
     def score_samples(self, X) -> np.ndarray:
         """log Q(z) = log sum_k pi_k N(z; mu_k, Sigma_k), the mixture's density."""
-        return logsumexp(self.decision_function(X), axis=1)
+        return logsumexp(self.predict_joint_log_proba(X), axis=1)
 
     def sample(self, n_samples: int = 1, *, random_state=None):
-        """Draw (Z, y) from Q (y as ``classes_`` values); seed: the argument, else the estimator's."""
+        """Draw (Z, y) from Q, y as ``classes_`` values.
+
+        The seed is ``random_state`` if given, else the estimator's ``random_state``.
+        """
         check_is_fitted(self)
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
