@@ -115,6 +115,30 @@ def combine(runs: list[RunFolder]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
+def eps_table(runs: list[RunFolder]) -> pd.DataFrame:
+    """One row per complete run with eps results: estimates with intervals, the true eps where
+    the data law is known, each estimator's error, and the falsification verdict."""
+    rows = []
+    for r in runs:
+        if r.status != "complete":
+            continue
+        div = json.loads((r.path / "metrics.json").read_text()).get("divergence") or {}
+        if "eps_used" not in div:
+            continue
+        row = {"run": r.name, "eps_used": div["eps_used"], "eps_source": div["eps_source"]}
+        if "eps_true" in div:
+            row["eps_true"] = div["eps_true"]["estimate"]
+            row["eps_true_se"] = div["eps_true"]["stderr"]
+        for name, est in (div.get("estimates") or {}).get("joint", {}).items():
+            row[name] = est["estimate"]
+            row[f"{name}_ci"] = f"[{est['ci_low']:.3g}, {est['ci_high']:.3g}]"
+            if "eps_true" in div:
+                row[f"{name}_error"] = est["estimate"] - div["eps_true"]["estimate"]
+        row["measured_above_bound"] = div.get("measured_above_bound")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def wide_table(combined: pd.DataFrame) -> pd.DataFrame:
     """Rows = run / method, columns = radii: the layout of the literature's tables."""
     wide = combined.pivot_table(index=["run", "method"], columns="radius",
@@ -129,13 +153,21 @@ def _marked(wide: pd.DataFrame, bold) -> pd.DataFrame:
                                    else ("" if np.isnan(v) else f"{v:.3f}") for v in col])
 
 
+def markdown(frame: pd.DataFrame) -> str:
+    """A pipe table; floats to 4 significant digits."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
+             "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(wide: pd.DataFrame) -> str:
     marked = _marked(wide, lambda s: f"**{s}**")
-    header = "| run | method | " + " | ".join(f"r = {c}" for c in marked.columns) + " |"
-    lines = [header, "|" + " --- |" * (len(marked.columns) + 2)]
-    for (run, method), row in marked.iterrows():
-        lines.append(f"| {run} | {method} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    marked.columns = [f"r = {c}" for c in marked.columns]
+    return markdown(marked.reset_index())
 
 
 def to_latex(wide: pd.DataFrame) -> str:
@@ -183,13 +215,17 @@ def report(dirs, out_dir) -> dict:
                           columns=["run", "status", "reason", "folder"])
     write_csv(out / "runs.csv", status)
     combined = combine(runs)
+    eps = eps_table(runs)
+    if not eps.empty:
+        write_csv(out / "eps.csv", eps)
+        atomic_write(out / "eps.md", lambda p: p.write_text(markdown(eps)))
     if not combined.empty:
         write_csv(out / "combined.csv", combined)
         wide = wide_table(combined)
         atomic_write(out / "combined.md", lambda p: p.write_text(to_markdown(wide)))
         atomic_write(out / "combined.tex", lambda p: p.write_text(to_latex(wide)))
         plot_runs(combined, out / "combined.png")
-    return {"runs": runs, "combined": combined, "out_dir": out}
+    return {"runs": runs, "combined": combined, "eps": eps, "out_dir": out}
 
 
 def report_cli(argv: list[str]) -> int:
@@ -213,5 +249,7 @@ def report_cli(argv: list[str]) -> int:
         print("no complete runs found")
         return 1
     print(to_markdown(wide_table(result["combined"])))
+    if not result["eps"].empty:
+        print(markdown(result["eps"]))
     print(f"wrote {result['out_dir']}")
     return 0

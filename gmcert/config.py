@@ -144,6 +144,7 @@ class DivergenceConfig:
     n_boot: int = 50
     alpha: float = 0.05
     max_per_class: int | None = 2000
+    truth_samples: int = 200_000  # Monte Carlo draws for the true eps, where the data law is known
 
 
 @dataclass

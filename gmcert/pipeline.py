@@ -20,12 +20,15 @@ from tqdm.auto import tqdm
 from gmcert.certify import CertifyContext, build_method
 from gmcert.certify.latent import NORMS, resolve_device
 from gmcert.data import LabelledData, build_dataset
+from gmcert.bounds import kl_inverse_lower
+from gmcert.degradation import add_bound_columns, eps_from_estimates, sensitivity_curves
+from gmcert.divergence import estimate_eps, gaussianity_tests
 from gmcert.encoders import PRETRAINED, build_encoder
 from gmcert.evaluate import average_certified_radius, certified_accuracy, population_certified_accuracy
 from gmcert.features import cached, extract_features, file_digest
 from gmcert.io import PredictionLog, write_csv, write_json
 from gmcert.mixture import GaussianMixtureClassifier
-from gmcert.report import format_table, plot_certified_accuracy
+from gmcert.report import plot_certified_accuracy, plot_eps_sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +213,11 @@ def evaluate(predictions: pd.DataFrame, methods, *, radii, norm: str, alpha: flo
             "points": int(len(rows)),
             "seconds_per_point": float(rows["seconds"].mean()),
         }
+        if hasattr(method, "cap"):
+            # The largest radius CERTIFY can return (nA = n): a cap, not a measurement.
+            summary[method.name].update(radius_cap=method.cap, sigma=method.smoothed.sigma,
+                                        n=method.n, n0=method.n0, alpha=method.alpha,
+                                        at_cap=float((radius >= method.cap * (1 - 1e-9)).mean()))
     return pd.concat(tables, ignore_index=True), summary
 
 
@@ -251,6 +259,14 @@ def run(cfg: DictConfig) -> dict:
         table, summary = evaluate(predictions, methods, radii=list(cfg.certify.radii),
                                   norm=cfg.certify.norm, alpha=cfg.certify.ci_alpha)
         population = _population_column(table, methods, encoder.lipschitz, cfg)
+    divergence = None
+    if cfg.divergence.enabled or cfg.divergence.eps is not None:
+        with timer("divergence"):
+            # The data's exact law is the latent law only when the encoder is the identity.
+            truth = data.truth if cfg.encoder.name == "identity" else None
+            divergence = degradation_stage(table, population, mixture, Z_test, data.test.labels,
+                                           cfg.divergence, out_dir=out_dir, seed=cfg.seed,
+                                           device=device, truth=truth)
 
     write_csv(out_dir / "certified_accuracy.csv", table)
     plot_certified_accuracy(predictions, table, out_dir / "certified_accuracy.png",
@@ -271,6 +287,7 @@ def run(cfg: DictConfig) -> dict:
         "mixture": {"shrinkage": np.asarray(mixture.shrinkage_).tolist(),
                     "train_accuracy": float((mixture.predict(Z_train) == data.train.labels).mean())},
         "population_Q": population,
+        "divergence": divergence,
         "cache_hits": cache_hits,
         "stage_seconds": timer.seconds,
         "throughput": {
@@ -282,7 +299,6 @@ def run(cfg: DictConfig) -> dict:
         "output_dir": str(out_dir),
     }
     write_json(out_dir / "metrics.json", metrics)
-    log.info("certified accuracy (%s):\n%s", metrics["radius_units"], format_table(table))
     return metrics
 
 
@@ -301,6 +317,76 @@ def _population_column(table, methods, lipschitz, cfg) -> dict | None:
     table.loc[rows, "population_Q"] = mc["certified_accuracy"].to_numpy()
     return {"method": "monte_carlo", "samples": cfg.certify.population_samples,
             "ci_low": mc["ci_low"].tolist(), "ci_high": mc["ci_high"].tolist()}
+
+
+def degradation_stage(table, population, mixture, Z_test, y_test, div_cfg, *, out_dir, seed,
+                      device, truth=None) -> dict:
+    """eps (estimated on the held-out test latents, or the stated budget) -> bound columns,
+    the falsification check, and eps_sensitivity.png. With the data's exact law (synthetic
+    data), also the true eps by Monte Carlo and each estimator's error against it."""
+    result: dict = {}
+    eps_hat = eps_upper = interval = None
+    if div_cfg.enabled:
+        codes = np.searchsorted(mixture.classes_, y_test)
+        estimates = estimate_eps(
+            Z_test, codes, means=mixture.means_, covariances=mixture.class_covariances(),
+            priors=mixture.priors_, estimators=list(div_cfg.estimators), n_boot=div_cfg.n_boot,
+            alpha=div_cfg.alpha, random_state=seed, device=device,
+            max_per_class=div_cfg.max_per_class,
+        )
+        chosen = eps_from_estimates(estimates)
+        eps_hat, eps_upper = chosen["eps_hat"], chosen["eps_upper"]
+        interval = (min(v["ci_low"] for v in estimates["joint"].values() if v["ci_low"] is not None),
+                    eps_upper)
+        result.update(estimates=estimates, gaussianity=gaussianity_tests(Z_test, codes), **chosen)
+    if population is None:
+        result["note"] = "no CA under Q for these methods, so no bound"
+        return result
+    if truth is not None:
+        result["eps_true"] = true_kl(truth, mixture, samples=div_cfg.truth_samples, seed=seed + 1)
+        if "estimates" in result:
+            result["estimator_error"] = {
+                name: v["estimate"] - result["eps_true"]["estimate"]
+                for name, v in result["estimates"]["joint"].items() if v["estimate"] is not None
+            }
+    eps = div_cfg.eps if div_cfg.eps is not None else eps_hat
+    result["eps_used"] = eps
+    result["eps_source"] = "stated budget" if div_cfg.eps is not None else "estimate"
+    low = np.asarray(population["ci_low"])
+    add_bound_columns(table, population_low=low, eps=eps,
+                      eps_upper=eps_upper if div_cfg.eps is None else None)
+    rows = table["population_Q"].notna()
+    if truth is not None:
+        # 3 standard errors above the Monte Carlo estimate: the bound at the true eps, safely.
+        eps_true = result["eps_true"]["estimate"] + 3 * result["eps_true"]["stderr"]
+        table["bound_at_true_eps"] = np.nan
+        table.loc[rows, "bound_at_true_eps"] = kl_inverse_lower(low, max(eps_true, 0.0))
+    above = bool(table.loc[rows, "above_bound"].all())
+    result["measured_above_bound"] = above
+    result["verdict"] = (
+        f"measured certified accuracy is {'at or above' if above else 'BELOW'} the bound at "
+        f"eps = {eps:.4g} ({result['eps_source']}) at every radius"
+        if above else
+        f"measured certified accuracy falls BELOW the bound at eps = {eps:.4g} at radii "
+        f"{table.loc[rows & ~table['above_bound'].fillna(True), 'radius'].tolist()}: "
+        "KL(P || Q) <= eps is falsified by these data"
+    )
+    log.info(result["verdict"])
+    top = max(10.0, 2 * (eps_upper or eps or 0.0))
+    grid = np.geomspace(1e-3, top, 200)
+    plot_eps_sensitivity(table[rows], sensitivity_curves(low, grid), grid,
+                         out_dir / "eps_sensitivity.png", eps_hat=eps, eps_interval=interval)
+    return result
+
+
+def true_kl(truth, mixture, *, samples: int, seed: int) -> dict:
+    """KL(P || Q) = E_P[log P(z, y) - log Q(z, y)] by Monte Carlo from the exact law P."""
+    Z, y = truth.sample(samples, seed)
+    codes = np.searchsorted(mixture.classes_, y)
+    log_q = mixture.predict_joint_log_proba(Z)[np.arange(len(y)), codes]
+    diff = truth.log_joint(Z, y) - log_q
+    return {"estimate": float(diff.mean()), "stderr": float(diff.std(ddof=1) / np.sqrt(len(y))),
+            "samples": samples, "method": "monte_carlo from the exact data law"}
 
 
 def _radius_units(lipschitz) -> str:

@@ -52,12 +52,18 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The run's table as printed at the end of ``gmcert-run``: methods as rows, radii as columns."""
-    wide = table.pivot_table(
-        index=["method", "space", "norm"], columns="radius", values="certified_accuracy", sort=False
-    )
-    wide.columns = [f"r={r:g}" for r in wide.columns]
-    return wide.to_string(float_format=lambda v: f"{v:.3f}")
+    """The run's table as printed at the end of ``gmcert-run``: one line per method and radius,
+    with the interval, CA under Q and the eps bound where they exist."""
+    shown = pd.DataFrame({
+        "method": table["method"],
+        "radius": table["radius"].map("{:g}".format),
+        "certified": table["certified_accuracy"].map("{:.3f}".format),
+        "interval": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
+    })
+    for column, title in (("population_Q", "CA under Q"), ("bound_at_eps", "bound at eps")):
+        if column in table and table[column].notna().any():
+            shown[title] = table[column].map(lambda v: "" if np.isnan(v) else f"{v:.3f}")
+    return shown.to_string(index=False)
 
 
 # --------------------------------------------------------------------- many runs: gmcert-report
@@ -67,3 +73,28 @@ def read_table(run_dir) -> pd.DataFrame:
     from pathlib import Path
 
     return pd.read_csv(Path(run_dir) / "certified_accuracy.csv")
+
+
+def plot_eps_sensitivity(table: pd.DataFrame, curves: np.ndarray, eps_grid, path, *,
+                         eps_hat: float | None, eps_interval=None, title: str = ""):
+    """The kl-inverse bound vs eps at each radius, with the measured certified accuracy marked
+    at the estimated eps (a point below its curve would falsify KL(P || Q) <= eps)."""
+    rows = table[table["population_Q"].notna()]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for i, (_, row) in enumerate(rows.iterrows()):
+        (line,) = ax.plot(eps_grid, curves[:, i], label=f"bound, r = {row['radius']:g}")
+        if eps_hat is not None:
+            ax.plot([max(eps_hat, eps_grid[0])], [row["certified_accuracy"]], "o",
+                    color=line.get_color())
+    if eps_hat is not None:
+        ax.axvline(max(eps_hat, eps_grid[0]), color="k", lw=0.8, ls="--", label="eps estimate")
+        if eps_interval is not None:
+            ax.axvspan(max(eps_interval[0], eps_grid[0]), max(eps_interval[1], eps_grid[0]),
+                       color="k", alpha=0.08, label="eps interval")
+    ax.set(xscale="log", xlabel="eps = KL(P || Q) (nats)", ylabel="certified accuracy bound",
+           ylim=(0, 1.02), title=title or "bound implied by eps; dots: measured")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)

@@ -18,17 +18,23 @@ TABLE_COLUMNS = ["method", "norm", "space", "radius", "certified_accuracy", "ci_
 
 
 def test_default_run_writes_every_output(make_cfg):
-    cfg = make_cfg()
+    cfg = make_cfg("certify.n=200", "certify.n0=20")  # the default, with fewer noise draws
     metrics = run(cfg)
     out = cfg.paths.output_dir
     table = pd.read_csv(f"{out}/certified_accuracy.csv")
     assert list(table.columns[: len(TABLE_COLUMNS)]) == TABLE_COLUMNS
-    assert table["radius"].tolist() == list(cfg.certify.radii)
+    for _, rows in table.groupby("method"):
+        assert rows["radius"].tolist() == list(cfg.certify.radii)
+        assert rows["certified_accuracy"].is_monotonic_decreasing
     assert (table["ci_low"] <= table["certified_accuracy"]).all()
     assert (table["certified_accuracy"] <= table["ci_high"]).all()
-    assert table["certified_accuracy"].is_monotonic_decreasing
+    assert set(table["method"]) == {"closed_form", "smoothing_gmm", "smoothing_probe"}
+    assert table.loc[table["method"] == "closed_form", "bound_at_eps"].notna().all()
     preds = pd.read_csv(f"{out}/predictions.csv")
     assert list(preds.columns) == PredictionLog.COLUMNS
+    smoothed = preds[preds["method"] != "closed_form"]
+    assert smoothed["radius_latent"].isna().all() and (smoothed["radius_input"] >= 0).all()
+    preds = preds[preds["method"] == "closed_form"]
     assert len(preds) == 360 and preds["index"].is_unique
     assert (preds["correct"] == (preds["predict"] == preds["label"])).all()
     # Identity encoder: Lipschitz 1, so input radii equal latent radii.
@@ -36,21 +42,25 @@ def test_default_run_writes_every_output(make_cfg):
     written = json.loads(open(f"{out}/metrics.json").read())
     for key in ("methods", "stage_seconds", "throughput", "device", "versions", "git_commit"):
         assert key in written
+    assert written["methods"]["smoothing_gmm"]["radius_cap"] > 0
+    assert "eps_hat" in written["divergence"] and "verdict" in written["divergence"]
     summary = written["methods"]["closed_form"]
     assert summary["clean_accuracy"] > 0.9
     assert summary["average_certified_radius"] > 0
-    assert set(written["stage_seconds"]) == {"data", "encode", "fit", "certify", "evaluate"}
+    assert set(written["stage_seconds"]) == {"data", "encode", "fit", "certify", "evaluate",
+                                             "divergence"}
     assert metrics["methods"] == written["methods"]
-    with open(f"{out}/certified_accuracy.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for plot in ("certified_accuracy.png", "eps_sensitivity.png"):
+        with open(f"{out}/{plot}", "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # The table agrees with the per-point radii.
     ok = preds["correct"] & (preds["radius_input"] >= 0.25)
-    row = table[table["radius"] == 0.25].iloc[0]
+    row = table[(table["radius"] == 0.25) & (table["method"] == "closed_form")].iloc[0]
     assert row["certified_accuracy"] == pytest.approx(ok.mean())
 
 
 def test_rerun_in_same_folder_resumes_without_duplicates(make_cfg):
-    cfg = make_cfg("certify.stop=100")
+    cfg = make_cfg("certify=closed_form", "certify.stop=100")
     run(cfg)
     first = pd.read_csv(f"{cfg.paths.output_dir}/predictions.csv")
     cfg.certify.stop = None  # the same job, extended to every test point
@@ -62,13 +72,13 @@ def test_rerun_in_same_folder_resumes_without_duplicates(make_cfg):
 
 
 def test_folder_of_another_config_is_refused(make_cfg):
-    run(make_cfg())
+    run(make_cfg("certify=closed_form"))
     with pytest.raises(ValueError, match="different configuration"):
-        run(make_cfg("mixture.shrinkage=oas"))
+        run(make_cfg("certify=closed_form", "mixture.shrinkage=oas"))
 
 
 def test_synthetic_encoders_and_pca(make_cfg):
-    metrics = run(make_cfg("dataset=synthetic", "dataset.dim=4", "encoder=pca",
+    metrics = run(make_cfg("certify=closed_form", "dataset=synthetic", "dataset.dim=4", "encoder=pca",
                            "encoder.n_components=3"))
     assert metrics["lipschitz"] == pytest.approx(1.0)
     assert metrics["methods"]["closed_form"]["clean_accuracy"] > 0.8
@@ -89,7 +99,7 @@ def test_nan_in_data_is_a_clear_error(make_cfg, monkeypatch):
 
     _patched_digits(monkeypatch, corrupt)
     with pytest.raises(ValueError, match=r"train split has 1 inputs with NaN.*rows: \[5\]"):
-        run(make_cfg())
+        run(make_cfg("certify=closed_form"))
 
 
 def test_empty_class_is_a_clear_error(make_cfg, monkeypatch):
@@ -100,4 +110,4 @@ def test_empty_class_is_a_clear_error(make_cfg, monkeypatch):
 
     _patched_digits(monkeypatch, corrupt)
     with pytest.raises(ValueError, match=r"classes \[3\] have no samples in the train split"):
-        run(make_cfg())
+        run(make_cfg("certify=closed_form"))

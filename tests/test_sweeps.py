@@ -11,7 +11,7 @@ import pandas as pd
 from gmcert.aggregate import report
 from gmcert.pipeline import run
 
-FAST = ["certify.population_samples=2000"]
+FAST = ["certify=closed_form", "certify.population_samples=2000", "divergence.enabled=false"]
 
 
 def gmcert_run(*args, cwd):

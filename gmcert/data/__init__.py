@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,12 +27,21 @@ class Split:
 
 
 @dataclass
+class GroundTruth:
+    """The exact law P of (x, y), known for synthetic data: fresh draws and log P(x, y)."""
+
+    sample: Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # (n, seed) -> (X, y)
+    log_joint: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (X, y) -> log P(x, y), (n,)
+
+
+@dataclass
 class LabelledData:
     name: str
     train: Split
     test: Split
     num_classes: int
     class_names: list[str]
+    truth: GroundTruth | None = None
 
 
 def validate_split(split: Split, *, name: str, num_classes: int) -> None:
@@ -83,16 +93,10 @@ def _vision(name):
     return build
 
 
-def _distorted(**options):
-    from gmcert.data.distorted import build_distorted
-
-    return build_distorted(**options)
-
-
 DATASET_BUILDERS = {
     "digits": _embedded("digits"),
     "synthetic": _embedded("synthetic"),
-    "distorted": _distorted,
+    "distorted": _embedded("distorted"),
     "cifar10": _vision("cifar10"),
     "imagenet": _vision("imagenet"),
 }

@@ -6,16 +6,19 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from gmcert.data import LabelledData, Split
+from scipy import stats
+
+from gmcert.data import GroundTruth, LabelledData, Split
 
 
-def _arrays_to_data(name, x_train, y_train, x_test, y_test, num_classes) -> LabelledData:
+def _arrays_to_data(name, x_train, y_train, x_test, y_test, num_classes, truth=None):
     return LabelledData(
         name=name,
         train=Split(x_train.astype(np.float32), y_train.astype(np.int64), np.arange(len(y_train))),
         test=Split(x_test.astype(np.float32), y_test.astype(np.int64), np.arange(len(y_test))),
         num_classes=num_classes,
         class_names=[str(k) for k in range(num_classes)],
+        truth=truth,
     )
 
 
@@ -91,4 +94,53 @@ def build_synthetic(
     rng = np.random.default_rng(seed + 1)
     x_train, y_train = sample_mixture(n_train, means, cov, priors, rng)
     x_test, y_test = sample_mixture(n_test, means, cov, priors, rng)
-    return _arrays_to_data("synthetic", x_train, y_train, x_test, y_test, num_classes)
+    covs = np.broadcast_to(cov, (num_classes, dim, dim))
+
+    def log_joint(x, y):
+        out = np.empty(len(y))
+        for k in range(num_classes):
+            idx = y == k
+            out[idx] = np.log(priors[k]) + stats.multivariate_normal.logpdf(
+                x[idx], means[k], covs[k]
+            )
+        return out
+
+    truth = GroundTruth(
+        sample=lambda n, s: sample_mixture(n, means, cov, priors, np.random.default_rng(s)),
+        log_joint=log_joint,
+    )
+    return _arrays_to_data("synthetic", x_train, y_train, x_test, y_test, num_classes, truth)
+
+
+def build_distorted(
+    *, num_classes=3, dim=4, separation=4.0, nu=5.0, n_train=4000, n_test=2000, seed=0
+) -> LabelledData:
+    """Student-t classes t_nu(mu_k, S) with a shared scale: a controlled departure from a
+    Gaussian mixture, whose exact log-density makes KL(P || Q) computable for any fitted Q.
+
+    The scale is set so each class covariance is the identity, keeping ``separation`` in
+    noise units as for ``synthetic``; nu = inf is the exact Gaussian mixture.
+    """
+    from gmcert.data.distorted import sample_student_t_mixture, student_t_logpdf
+
+    if nu <= 2:
+        raise ValueError(f"dataset.nu must be > 2 (finite covariance), got {nu}")
+    means, _ = synthetic_parameters(num_classes=num_classes, dim=dim, separation=separation,
+                                    covariance="isotropic", seed=seed)
+    scale = np.eye(dim) * ((nu - 2) / nu if np.isfinite(nu) else 1.0)
+    priors = np.full(num_classes, 1.0 / num_classes)
+
+    def sample(n, s):
+        return sample_student_t_mixture(n, means, scale, nu, priors, random_state=s)
+
+    def log_joint(x, y):
+        out = np.empty(len(y))
+        for k in range(num_classes):
+            idx = y == k
+            out[idx] = np.log(priors[k]) + student_t_logpdf(x[idx], means[k], scale, nu)
+        return out
+
+    x_train, y_train = sample(n_train, seed + 1)
+    x_test, y_test = sample(n_test, seed + 2)
+    return _arrays_to_data("distorted", x_train, y_train, x_test, y_test, num_classes,
+                           GroundTruth(sample=sample, log_joint=log_joint))

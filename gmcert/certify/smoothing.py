@@ -1,0 +1,279 @@
+"""Randomized smoothing (Cohen, Rosenfeld and Kolter 2019): the input-space certifier (THEORY.md 4).
+
+The smoothed classifier of a base classifier ``h`` is ``g(x) = argmax_c P[h(x + e) = c]`` with
+``e ~ N(0, sigma^2 I)``. If the top class has probability ``pA >= pA_lower > 1/2``, then ``g`` is
+constant on the l2 ball of radius ``sigma * Phi^-1(pA_lower)`` around ``x``. CERTIFY estimates
+``pA_lower`` from noisy samples, so each certificate holds with probability at least
+``1 - alpha`` over the noise drawn for that input.
+
+Units: inputs are images (or vectors) with pixels in [0, 1]; ``sigma`` and every radius are l2
+distances in those pixel units. Noisy inputs are not clipped to [0, 1], as in the theorem.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from gmcert.bounds import clopper_pearson_lower
+
+__all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "radius_cap"]
+
+ABSTAIN = -1
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """One input's CERTIFY result; ``radius`` is an l2 distance in pixel units.
+
+    With probability at least ``1 - alpha`` (over the noise), either ``prediction == ABSTAIN``
+    (then ``radius == 0.0``) or the smoothed classifier predicts ``prediction`` at every point
+    within ``radius`` of the input. ``n_a`` of the ``n`` estimation samples fell in the selected
+    class; ``p_a_lower`` is their one-sided Clopper-Pearson lower bound. ``seconds`` is the wall
+    time (amortised over the inputs when several are certified together).
+    """
+
+    prediction: int
+    radius: float
+    n_a: int
+    p_a_lower: float
+    seconds: float
+    sigma: float
+    n: int
+    alpha: float
+
+
+def radius_cap(sigma: float, n: int, alpha: float) -> float:
+    """Largest radius CERTIFY can return with ``n`` samples: ``sigma * Phi^-1(alpha^(1/n))``.
+
+    Reached when all ``n`` estimation samples agree (``nA = n``); e.g. 3.81 sigma for
+    ``n = 1e5, alpha = 1e-3``. Report it beside results so that a cap is not read as a result.
+    """
+    _check_sigma(sigma)
+    _check_sampling(n=n, alpha=alpha)
+    # 1 - alpha^(1/n) without cancellation, then the upper-tail quantile.
+    return float(sigma * stats.norm.isf(-math.expm1(math.log(alpha) / n)))
+
+
+class SmoothedClassifier:
+    """Gaussian smoothing of ``base`` with noise std ``sigma`` (pixel units), on ``device``.
+
+    ``base`` maps a batch ``(B, *input_shape)`` of inputs to class scores ``(B, num_classes)``;
+    its argmax is the base prediction. It must be in eval mode (batch statistics or dropout
+    would make the noisy samples dependent or change the classifier) and live on ``device``.
+    ``batch_size`` noisy copies go through ``base`` per forward pass.
+    """
+
+    def __init__(
+        self,
+        base: torch.nn.Module,
+        num_classes: int,
+        sigma: float,
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 1000,
+    ) -> None:
+        _check_int(num_classes, "num_classes", 2, "at least 2 classes are needed to certify")
+        _check_int(batch_size, "batch_size", 1, "noisy copies per forward pass")
+        _check_sigma(sigma)
+        self.base = base
+        self.num_classes = int(num_classes)
+        self.sigma = float(sigma)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+
+    # ------------------------------------------------------------------ sampling
+
+    def sample_counts(
+        self, xs: torch.Tensor, num: int, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Count base predictions on ``num`` noisy copies of each of the ``M`` inputs ``xs``.
+
+        ``xs``: ``(M, *input_shape)``, pixels in [0, 1]. Returns int64 counts ``(M, num_classes)``
+        on ``self.device``, without reading anything back to the host: noise is drawn on the
+        device into one reused buffer and copies of several inputs share a forward pass when
+        ``num < batch_size``.
+        """
+        _check_int(num, "num", 1, "number of noisy samples per input")
+        xs = self._to_device(xs)
+        self._check_ready(generator)
+        m_inputs, k = xs.shape[0], self.num_classes
+        total = m_inputs * num
+        counts = torch.zeros(m_inputs * k, dtype=torch.int64, device=self.device)
+        rows = min(self.batch_size, total)
+        noise = torch.empty((rows, *xs.shape[1:]), dtype=xs.dtype, device=self.device)
+        ones = torch.ones(rows, dtype=torch.int64, device=self.device)
+        with torch.inference_mode():
+            for start in range(0, total, rows):
+                size = min(rows, total - start)
+                batch = noise[:size].normal_(0.0, self.sigma, generator=generator)
+                first, last = start // num, (start + size - 1) // num
+                if first == last:  # copies of one input: broadcast it, no copy of x
+                    batch.add_(xs[first])
+                    target = counts[first * k : (first + 1) * k]
+                    offset = None
+                else:
+                    owner = torch.arange(start, start + size, device=self.device) // num
+                    batch.add_(xs.index_select(0, owner))
+                    target, offset = counts, owner * k
+                scores = self.base(batch)
+                if scores.shape != (size, k):
+                    raise ValueError(
+                        f"base returned scores of shape {tuple(scores.shape)} for {size} inputs; "
+                        f"expected ({size}, {k}): set num_classes to the base model's output size"
+                    )
+                labels = scores.argmax(dim=1)
+                if offset is not None:
+                    labels += offset
+                # index_add_ rather than bincount: CUDA bincount reads min/max back to the host.
+                target.index_add_(0, labels, ones[:size])
+        return counts.view(m_inputs, k)
+
+    # ------------------------------------------------------------------ CERTIFY / PREDICT
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        *,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        generator: torch.Generator | None = None,
+    ) -> Certificate:
+        """CERTIFY one input ``x`` of shape ``input_shape`` (THEORY.md 4).
+
+        ``n0`` noisy copies select the top class cA; ``n`` fresh copies count ``nA``. With
+        probability at least ``1 - alpha``, the smoothed classifier predicts cA on the l2 ball of
+        the returned radius (pixel units); it abstains when ``pA_lower < 1/2``.
+        """
+        xs = _as_batch_of_one(x)
+        return self.certify_batch(xs, n0=n0, n=n, alpha=alpha, generator=generator)[0]
+
+    def certify_batch(
+        self,
+        xs: torch.Tensor,
+        *,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        generator: torch.Generator | None = None,
+    ) -> list[Certificate]:
+        """CERTIFY each of the ``M`` inputs ``xs`` ``(M, *input_shape)``; one Certificate each.
+
+        Same guarantee as :meth:`certify`, separately for each input (probability at least
+        ``1 - alpha`` each, not jointly). Noise is independent across inputs; copies of several
+        inputs share forward passes, which pays off when ``n`` is small next to ``batch_size``.
+        """
+        _check_int(n0, "n0", 1, "selection samples (THEORY.md 4 default: 100)")
+        _check_sampling(n=n, alpha=alpha)
+        started = time.perf_counter()
+        selection = self.sample_counts(xs, n0, generator=generator)
+        c_a = selection.argmax(dim=1)
+        estimation = self.sample_counts(xs, n, generator=generator)
+        n_a = estimation.gather(1, c_a.unsqueeze(1)).squeeze(1)
+        c_a, n_a = c_a.cpu().numpy(), n_a.cpu().numpy()
+        p_a_lower = clopper_pearson_lower(n_a, n, alpha)
+        certified = p_a_lower >= 0.5
+        radius = np.where(certified, self.sigma * stats.norm.ppf(np.maximum(p_a_lower, 0.5)), 0.0)
+        seconds = (time.perf_counter() - started) / len(c_a)
+        return [
+            Certificate(
+                prediction=int(c) if ok else ABSTAIN,
+                radius=float(r),
+                n_a=int(k),
+                p_a_lower=float(p),
+                seconds=seconds,
+                sigma=self.sigma,
+                n=int(n),
+                alpha=float(alpha),
+            )
+            for c, ok, r, k, p in zip(c_a, certified, radius, n_a, p_a_lower, strict=True)
+        ]
+
+    def predict(
+        self,
+        x: torch.Tensor,
+        *,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """PREDICT for one input ``x``: the smoothed class, or ABSTAIN.
+
+        Two-sided binomial test of the top two counts among ``n`` noisy copies: with probability
+        at least ``1 - alpha`` the returned class (if not ABSTAIN) is the smoothed prediction.
+        """
+        _check_sampling(n=n, alpha=alpha)
+        counts = self.sample_counts(_as_batch_of_one(x), n, generator=generator)[0]
+        top2 = counts.topk(2)
+        (n_a, n_b), (c_a, _) = top2.values.tolist(), top2.indices.tolist()
+        if stats.binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
+            return ABSTAIN
+        return int(c_a)
+
+    # ------------------------------------------------------------------ checks
+
+    def _to_device(self, xs: torch.Tensor) -> torch.Tensor:
+        if not isinstance(xs, torch.Tensor) or not xs.is_floating_point():
+            raise ValueError(
+                "inputs must be a floating-point torch.Tensor (pixels in [0, 1]); "
+                "convert with torch.as_tensor(x, dtype=torch.float32)"
+            )
+        if xs.dim() < 2 or xs.shape[0] == 0:
+            raise ValueError(
+                f"expected a non-empty batch (M, *input_shape), got shape {tuple(xs.shape)}; "
+                "use certify(x) for a single input or x.unsqueeze(0)"
+            )
+        return xs.to(self.device)
+
+    def _check_ready(self, generator: torch.Generator | None) -> None:
+        if any(module.training for module in self.base.modules()):
+            raise ValueError(
+                "base is in training mode (batch norm or dropout would make noisy samples "
+                "dependent or random): call base.eval() before smoothing"
+            )
+        param = next(self.base.parameters(), None)
+        if param is not None and param.device.type != self.device.type:
+            raise ValueError(
+                f"base lives on {param.device} but device is {self.device}: "
+                f"call base.to({str(self.device)!r}) or pass device={str(param.device)!r}"
+            )
+        if generator is not None and generator.device.type != self.device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but noise is drawn on {self.device}: "
+                f"create it with torch.Generator(device={str(self.device)!r})"
+            )
+
+
+def _as_batch_of_one(x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError(
+            "x must be one input as a torch.Tensor of shape input_shape (no batch dimension); "
+            "use certify_batch for a batch"
+        )
+    return x.unsqueeze(0)
+
+
+def _check_int(value, name: str, minimum: int, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}")
+
+
+def _check_sigma(sigma) -> None:
+    if not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(
+            f"sigma must be a finite number > 0 (noise std in [0, 1] pixel units, "
+            f"e.g. 0.25), got {sigma!r}"
+        )
+
+
+def _check_sampling(*, n, alpha) -> None:
+    _check_int(n, "n", 1, "estimation samples (THEORY.md 4 default: 100000)")
+    if not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1) (e.g. 0.001), got {alpha!r}")

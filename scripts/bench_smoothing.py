@@ -1,0 +1,233 @@
+"""Benchmark: randomized-smoothing throughput against the bare forward pass of the same model.
+
+For each model and device, one run times, interleaved, (1) ``base(X)`` on a fixed batch of
+``batch_size`` inputs, ``batches`` times, and (2) ``SmoothedClassifier.sample_counts`` drawing
+the same number of noisy copies of one input in batches of the same size (noise, add, forward,
+argmax, count). Also timed: the noise draw and add alone, to show where any overhead goes, and
+a naive loop (repeat copy, fresh noise tensors, counts read back every batch) for comparison.
+
+    overhead = median smoothing time / median bare forward time - 1      (target: <= 0.10)
+
+Figures go to ``outputs/bench/smoothing.json`` (written to a temporary file, then renamed).
+Usage: ``python scripts/bench_smoothing.py [--devices cpu cuda] [--repeats 9] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gmcert.certify.smoothing import SmoothedClassifier  # noqa: E402
+
+TARGET_OVERHEAD = 0.10
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "outputs" / "bench" / "smoothing.json"
+
+
+def small_mlp() -> nn.Module:
+    """Digits-like: 64 inputs (8x8 pixels), two hidden layers of 256, 10 classes."""
+    return nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+
+
+def small_cnn() -> nn.Module:
+    """CIFAR-like: 3x32x32 inputs, two conv blocks (32, 64 channels), 10 classes."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10),
+    )  # fmt: skip
+
+
+MODELS = {
+    "mlp_64": (small_mlp, (64,)),
+    "cnn_3x32x32": (small_cnn, (3, 32, 32)),
+}
+
+
+def _timed(fn, device: torch.device) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of this process (all threads) for one call of ``fn``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bench_case(
+    name: str, device: torch.device, *, batch_size: int, batches: int, repeats: int, sigma: float
+) -> dict:
+    """Time bare forward, smoothing and noise alone, interleaved, ``repeats`` times each."""
+    factory, input_shape = MODELS[name]
+    torch.manual_seed(0)
+    base = factory().to(device).eval()
+    smoothed = SmoothedClassifier(base, 10, sigma, device=device, batch_size=batch_size)
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(1, *input_shape, device=device)
+    inputs = torch.rand(batch_size, *input_shape, device=device)
+    noise = torch.empty_like(inputs)
+    samples = batch_size * batches
+
+    @torch.inference_mode()
+    def bare():
+        for _ in range(batches):
+            base(inputs)
+
+    def smoothing():
+        smoothed.sample_counts(x, samples, generator=generator)
+
+    @torch.inference_mode()
+    def naive():
+        # The textbook loop, for comparison: repeat copies x, fresh noise tensors every batch,
+        # counts read back to the host every batch.
+        counts = np.zeros(10, dtype=np.int64)
+        for _ in range(batches):
+            repeated = x.repeat(batch_size, *([1] * len(input_shape)))
+            noise = torch.randn(repeated.shape, generator=generator, device=device) * sigma
+            labels = base(repeated + noise).argmax(1)
+            counts += np.bincount(labels.cpu().numpy(), minlength=10)
+
+    @torch.inference_mode()
+    def noise_only():
+        for _ in range(batches):
+            noise.normal_(0.0, sigma, generator=generator).add_(x)
+
+    runs = {"bare": bare, "smoothing": smoothing, "naive": naive, "noise": noise_only}
+    for fn in runs.values():  # warm-up: allocator, kernels, caches
+        fn()
+    times = {key: [] for key in runs}
+    cpu_times = {key: [] for key in runs}
+    for r in range(repeats):
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))  # cancel drift in load
+        for key in order:
+            wall, cpu = _timed(runs[key], device)
+            times[key].append(wall)
+            cpu_times[key].append(cpu)
+    median = {key: statistics.median(v) for key, v in times.items()}
+    cpu_median = {key: statistics.median(v) for key, v in cpu_times.items()}
+    paired = [s / b for s, b in zip(times["smoothing"], times["bare"], strict=True)]
+    return {
+        "model": name,
+        "device": str(device),
+        "input_shape": list(input_shape),
+        "parameters": sum(p.numel() for p in base.parameters()),
+        "batch_size": batch_size,
+        "samples_per_repeat": samples,
+        "repeats": repeats,
+        "sigma": sigma,
+        "seconds_median": median,
+        "seconds_all": times,
+        "cpu_seconds_median": cpu_median,
+        "samples_per_second": {key: samples / t for key, t in median.items()},
+        "overhead": median["smoothing"] / median["bare"] - 1,
+        "overhead_median_of_paired_ratios": statistics.median(paired) - 1,
+        # Interference from other processes only adds time, so best-of is the least noisy.
+        "overhead_best_of": min(times["smoothing"]) / min(times["bare"]) - 1,
+        "overhead_cpu_time": cpu_median["smoothing"] / cpu_median["bare"] - 1,
+        "overhead_naive_loop": median["naive"] / median["bare"] - 1,
+        "noise_share_of_bare": median["noise"] / median["bare"],
+        "within_target": median["smoothing"] / median["bare"] - 1 <= TARGET_OVERHEAD,
+    }
+
+
+def run(
+    *,
+    devices: list[str],
+    models: list[str],
+    batch_size: int,
+    repeats: int,
+    sigma: float,
+    out: Path,
+    threads: int | None = None,
+) -> dict:
+    """Run every model on every available device and write the JSON report to ``out``."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    cases = []
+    load_before = os.getloadavg()
+    for device_name in devices:
+        device = torch.device(device_name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print(f"skip {device_name}: CUDA not available")
+            continue
+        for name in models:
+            # Enough batches that one timing lasts tens of milliseconds or more.
+            batches = 50 if name == "mlp_64" or device.type == "cuda" else 2
+            case = bench_case(
+                name, device, batch_size=batch_size, batches=batches, repeats=repeats, sigma=sigma
+            )
+            cases.append(case)
+            rate = case["samples_per_second"]
+            print(
+                f"{name:12s} {device_name:5s} bs={batch_size}: bare {rate['bare']:,.0f}/s, "
+                f"smoothing {rate['smoothing']:,.0f}/s, overhead {case['overhead']:+.1%} "
+                f"(paired {case['overhead_median_of_paired_ratios']:+.1%}, best-of "
+                f"{case['overhead_best_of']:+.1%}, CPU time "
+                f"{case['overhead_cpu_time']:+.1%}; naive loop {case['overhead_naive_loop']:+.1%}; "
+                f"noise alone {case['noise_share_of_bare']:.1%} of bare)"
+            )
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "definition": "overhead = median smoothing time / median bare forward time - 1",
+        "target_overhead": TARGET_OVERHEAD,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
+        "cases": cases,
+    }
+    _write_json_atomically(report, out)
+    return report
+
+
+def _write_json_atomically(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--sigma", type=float, default=0.25)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    run(
+        devices=args.devices,
+        models=args.models,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        sigma=args.sigma,
+        out=args.out,
+        threads=args.threads,
+    )
+
+
+if __name__ == "__main__":
+    main()

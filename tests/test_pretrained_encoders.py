@@ -1,0 +1,454 @@
+"""Pretrained-encoder registry on random-init networks at small input sizes (no downloads).
+
+Covers: shapes and attributes, normalisation and resize inside the module, weight files
+(round trip with weights_only=True, checkpoint wrappers, mismatches), the missing-default-
+weights message, optional packages, and the spectral Lipschitz bound being a true upper bound
+(dense exact norms per layer; random pairs and a gradient attack on whole networks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gmcert.encoders import pretrained as P
+
+
+@pytest.fixture(scope="module")
+def resnet50_32():
+    torch.manual_seed(0)
+    return P.resnet50(weights=None, image_size=32)
+
+
+def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
+    """Non-trivial eval-mode BN statistics, so folding BN into convs is actually tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.25)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes, attributes, normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def test_resnet50_random_small(resnet50_32, caplog):
+    enc = resnet50_32
+    assert enc.name == "resnet50" and enc.latent_dim == 2048 and enc.input_size == (32, 32)
+    assert enc.lipschitz is None and enc.weights_source == "random"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert enc(x).shape == (2, 2048)
+        assert enc(torch.rand(3, 3, 20, 24)).shape == (3, 2048)  # resized inside
+    with caplog.at_level(logging.WARNING, logger="gmcert.encoders.pretrained"):
+        P.resnet18(weights="random", image_size=32)
+    assert "NOT a real experiment" in caplog.text
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        enc(torch.rand(3, 32, 32))
+
+
+def test_vit_random_small():
+    torch.manual_seed(0)
+    enc = P.vit(weights=None, image_size=32)
+    assert enc.name == "vit_b_16" and enc.latent_dim == 768 and enc.input_size == (32, 32)
+    with torch.inference_mode():
+        z = enc(torch.rand(2, 3, 64, 64))
+    assert z.shape == (2, 768)
+    # The class token after the final LayerNorm: per-sample mean ~ LN bias (zero at init).
+    assert torch.allclose(z.mean(dim=1), torch.zeros(2), atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of the 16"):
+        P.vit(weights=None, image_size=30)
+
+
+def test_normalisation_and_resize_are_inside(resnet50_32):
+    enc = resnet50_32
+    x = torch.rand(2, 3, 24, 24)
+    mean = torch.tensor(P.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1)
+    resized = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False,
+                            antialias=False)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), enc.backbone((resized - mean) / std))
+    # normalise/resize constants are not weights: the wrapper's state dict is the backbone's.
+    assert all(k.startswith("backbone.") for k in enc.state_dict())
+
+
+def test_frozen_eval_and_speed_friendly(resnet50_32):
+    enc = resnet50_32
+    enc.train()
+    assert not enc.training and not any(m.training for m in enc.modules())
+    assert not any(p.requires_grad for p in enc.parameters())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = enc(x)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = enc(x.contiguous(memory_format=torch.channels_last))
+    assert low.shape == ref.shape
+    assert torch.allclose(low.float(), ref, rtol=0.1, atol=0.1 * float(ref.abs().max()))
+    # Gradients w.r.t. the input still flow (attacks need them).
+    xg = x.clone().requires_grad_(True)
+    enc(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+
+
+def test_state_dict_round_trip(tmp_path):
+    """torchvision-format files (with head), wrapper state dicts and DDP checkpoints load."""
+    from torchvision.models import resnet50 as tv_resnet50
+
+    torch.manual_seed(1)
+    reference = tv_resnet50(weights=None)
+    _randomise_bn(reference)
+    path = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    enc = P.resnet50(weights=str(path), image_size=32)
+    assert enc.weights_source == str(path)
+    x = torch.rand(2, 3, 32, 32)
+    reference.fc = nn.Identity()
+    reference.eval()
+    mean = torch.tensor(P.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference((x - mean) / std)
+        torch.testing.assert_close(enc(x), expected)
+        # The encoder's own state dict ("backbone." keys) under DDP's "module." prefix, in a
+        # training-checkpoint dict.
+        wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in enc.state_dict().items()}}
+        torch.save(wrapped, tmp_path / "ckpt.pth")
+        again = P.resnet50(weights=tmp_path / "ckpt.pth", image_size=32)
+        torch.testing.assert_close(again(x), expected)
+
+
+def test_weight_file_errors(tmp_path):
+    from torchvision.models import resnet18 as tv_resnet18
+
+    with pytest.raises(FileNotFoundError, match="encoder.weights="):
+        P.resnet50(weights=str(tmp_path / "missing.pth"), image_size=32)
+    torch.save(tv_resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="do not fit") as err:
+        P.resnet50(weights=str(tmp_path / "r18.pth"), image_size=32)
+    assert "missing" in str(err.value) and "layer1.0.conv3.weight" in str(err.value)
+
+    class NotWeights:
+        pass
+
+    torch.save({"obj": NotWeights()}, tmp_path / "pickled.pth")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        P.resnet18(weights=str(tmp_path / "pickled.pth"), image_size=32)
+    torch.save({"epoch": 1, "lr": 0.1}, tmp_path / "meta.pth")
+    with pytest.raises(ValueError, match="no tensor state dict"):
+        P.resnet18(weights=str(tmp_path / "meta.pth"), image_size=32)
+
+
+def test_missing_default_weights_name_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        P.resnet50(image_size=32)
+    message = str(err.value)
+    assert str(expected) in message
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in message
+    assert "encoder.weights=/path/to/file.pth" in message
+    with pytest.raises(FileNotFoundError, match="resnet50-0676ba61.pth"):
+        P.resnet50(weights="IMAGENET1K_V1", image_size=32)
+    with pytest.raises(FileNotFoundError, match="vit_b_16-c867db91.pth"):
+        P.vit()
+    assert not expected.exists()  # nothing was downloaded
+
+
+def test_default_weights_load_from_the_hub_cache(tmp_path, monkeypatch):
+    from torchvision.models import resnet18 as tv_resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(2)
+    reference = tv_resnet18(weights=None)
+    torch.save(reference.state_dict(), cached)
+    enc = P.resnet18(image_size=32)
+    assert str(cached) in enc.weights_source
+    torch.testing.assert_close(enc.backbone.conv1.weight, reference.conv1.weight)
+
+
+def test_vit_weights_tied_to_image_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "vit_b_16-c867db91.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"placeholder")  # the size check comes before reading the file
+    with pytest.raises(ValueError, match="image_size=224"):
+        P.vit(image_size=32)
+
+
+@pytest.mark.slow
+def test_vit_state_dict_round_trip(tmp_path):
+    torch.manual_seed(3)
+    enc = P.vit(weights=None, image_size=32)
+    torch.save(enc.state_dict(), tmp_path / "vit.pth")
+    again = P.vit(weights=tmp_path / "vit.pth", image_size=32)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), enc(x))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        P.vit(weights=tmp_path / "vit.pth", image_size=48)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry and optional packages
+# --------------------------------------------------------------------------------------------
+
+
+def test_registry():
+    assert {"resnet50", "vit", "clip", "dinov2"} <= set(P.ENCODERS)
+    with pytest.raises(ValueError, match="unknown pretrained encoder"):
+        P.build_pretrained("resnet5O")
+    enc = P.build_pretrained("resnet18", weights=None, image_size=32)
+    assert enc.latent_dim == 512
+
+
+@pytest.mark.parametrize(("name", "module", "pip_name"),
+                         [("clip", "open_clip", "open-clip-torch"), ("dinov2", "timm", "timm")])
+def test_optional_encoders_say_how_to_install(monkeypatch, name, module, pip_name):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    with pytest.raises(ImportError, match=f"pip install {pip_name}"):
+        P.build_pretrained(name, weights=None)
+
+
+class _TinyTower(nn.Module):
+    def __init__(self, out_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(3, out_dim)
+
+    def forward(self, x):
+        return self.proj(x.mean(dim=(2, 3)))
+
+
+def test_optional_encoder_wiring_with_stand_in_packages(monkeypatch, tmp_path):
+    """Exercise the clip/dinov2 builders against minimal stand-ins of the library calls."""
+    created = []
+
+    def create_model(name, pretrained=None, **kwargs):
+        created.append((name, pretrained, kwargs))
+        full = types.SimpleNamespace(visual=_TinyTower(16))
+        full.visual.image_size = 32
+        full.visual.output_dim = 16
+        full.visual.image_mean, full.visual.image_std = P.OPENAI_CLIP_MEAN, P.OPENAI_CLIP_STD
+        return full
+
+    monkeypatch.setitem(sys.modules, "open_clip", types.SimpleNamespace(create_model=create_model))
+    enc = P.clip(weights=None)
+    assert enc.latent_dim == 16 and enc.input_size == (32, 32)
+    assert enc(torch.rand(2, 3, 40, 40)).shape == (2, 16)
+    assert created[-1][1] is None
+    with pytest.raises(ValueError, match="allow_download"):
+        P.clip()
+    with pytest.raises(ValueError, match="attention"):
+        P.clip(weights=None, lipschitz="spectral")
+    weight_file = tmp_path / "open_clip_pytorch_model.bin"
+    weight_file.write_bytes(b"x")
+    P.clip(weights=weight_file)
+    assert created[-1][1] == str(weight_file)
+
+    def timm_create(name, pretrained=False, **kwargs):
+        created.append((name, pretrained, kwargs))
+        model = _TinyTower(24)
+        model.num_features = 24
+        model.pretrained_cfg = {"input_size": (3, 518, 518), "mean": P.IMAGENET_MEAN,
+                                "std": P.IMAGENET_STD}
+        return model
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=timm_create))
+    enc = P.dinov2(weights=None)
+    assert enc.latent_dim == 24 and enc.input_size == (224, 224)
+    assert created[-1][2]["img_size"] == 224 and created[-1][2]["num_classes"] == 0
+    with pytest.raises(ValueError, match="multiple of 14"):
+        P.dinov2(weights=None, image_size=100)
+    P.dinov2(weights=weight_file)
+    assert created[-1][1] is True
+    assert created[-1][2]["pretrained_cfg_overlay"] == {"file": str(weight_file)}
+
+
+# --------------------------------------------------------------------------------------------
+# Lipschitz bounds
+# --------------------------------------------------------------------------------------------
+
+
+def _dense_norm(fn, shape) -> float:
+    """Exact l2 operator norm of a linear map on inputs of ``shape``, via its dense matrix."""
+    n = math.prod(shape)
+    basis = torch.eye(n, dtype=torch.float64).view(n, *shape)
+    matrix = fn(basis).reshape(n, -1)
+    return float(torch.linalg.matrix_norm(matrix.T, 2))
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "k", "stride", "padding", "dilation", "groups", "hw", "max_ratio"),
+    [
+        (3, 4, 3, 1, 1, 1, 1, (6, 7), 1.2),
+        (4, 6, 3, 2, 1, 1, 2, (8, 8), 1.2),
+        (3, 8, 7, 2, 3, 1, 1, (12, 12), 1.3),
+        (3, 5, 1, 2, 0, 1, 1, (5, 5), 1.01),
+        (2, 2, 3, 1, "same", 1, 1, (5, 6), 1.3),
+        (2, 4, 3, 3, 1, 2, 1, (11, 10), 1.3),
+        (2, 3, 5, 1, 2, 2, 1, (9, 6), None),  # dilated on a tiny grid: valid but loose
+    ],
+)
+def test_conv_bound_vs_dense_exact_norm(c_in, c_out, k, stride, padding, dilation, groups, hw,
+                                        max_ratio):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c_in, c_out, k, stride, padding, dilation, groups, bias=False).double()
+    scale = torch.rand(c_out, dtype=torch.float64) + 0.5
+    exact = _dense_norm(lambda x: conv(x) * scale.view(1, -1, 1, 1), (c_in, *hw))
+    bound = P.conv2d_norm_bound(conv.weight, hw, stride=stride, padding=padding,
+                                dilation=dilation, groups=groups, out_scale=scale)
+    assert bound >= exact
+    if max_ratio is not None:
+        assert bound <= exact * max_ratio
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.AvgPool2d(3, 2, 1), nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+     nn.AdaptiveAvgPool2d(1), nn.AdaptiveAvgPool2d((3, 2))],
+)
+def test_linear_pooling_bounds_are_exact(layer):
+    exact = _dense_norm(layer, (1, 7, 6))
+    bound, _ = P._module_bound(layer, (1, 7, 6), "cpu")
+    assert exact <= bound <= exact * (1 + 1e-3)
+
+
+@pytest.mark.parametrize(("src", "dst"), [((5, 7), (12, 9)), ((8, 8), (3, 5)), ((4, 4), (28, 28))])
+def test_resize_norm_is_exact(src, dst):
+    exact = _dense_norm(
+        lambda x: F.interpolate(x, size=dst, mode="bilinear", align_corners=False,
+                                antialias=False),
+        (1, *src),
+    )
+    assert exact <= P.bilinear_resize_norm(src, dst) <= exact * (1 + 1e-3)
+
+
+def test_maxpool_bound_is_attained():
+    """3x3/stride-2 max pooling: one pixel in 4 windows moves 4 outputs, ratio exactly 2."""
+    pool = nn.MaxPool2d(3, 2, 1)
+    bound, _ = P._module_bound(pool, (1, 8, 8), "cpu")
+    x = torch.zeros(1, 1, 8, 8)
+    x2 = x.clone()
+    x2[0, 0, 3, 3] = 1.0
+    ratio = float((pool(x2) - pool(x)).norm() / (x2 - x).norm())
+    assert ratio == pytest.approx(2.0) and bound == pytest.approx(2.0)
+
+
+def _tiny_resnet() -> nn.Module:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    def down(c_in, c_out):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 1, 2, bias=False), nn.BatchNorm2d(c_out))
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+        BasicBlock(8, 8),
+        BasicBlock(8, 12, stride=2, downsample=down(8, 12)),
+        Bottleneck(12, 4, stride=2, downsample=down(12, 16), base_width=64),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 6),
+    )
+
+
+def _tiny_plain() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, 1, 1), nn.BatchNorm2d(6), nn.LeakyReLU(0.1),
+        nn.AvgPool2d(2), nn.Conv2d(6, 8, 3, 2, 1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 5),
+    )
+
+
+def _wrap(backbone: nn.Module, latent_dim: int, source: tuple[int, int]) -> P.PretrainedEncoder:
+    _randomise_bn(backbone)
+    enc = P.PretrainedEncoder(backbone, name="tiny", latent_dim=latent_dim, input_size=(16, 16),
+                              mean=P.IMAGENET_MEAN, std=P.IMAGENET_STD)
+    return enc.double().set_lipschitz("spectral", source_size=source)
+
+
+def _attack_ratio(enc: nn.Module, shape, steps: int = 150, starts: int = 4) -> float:
+    """Gradient ascent on ||f(x + d) - f(x)|| / ||d|| over x and d: the best ratio found."""
+    best = 0.0
+    gen = torch.Generator().manual_seed(0)
+    for s in range(starts):
+        x = torch.rand(1, *shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+        scale = 10.0 ** -(s % 3)  # from large to infinitesimal perturbations
+        d = (torch.randn(1, *shape, generator=gen, dtype=torch.float64) * scale).requires_grad_(True)
+        opt = torch.optim.Adam([x, d], lr=0.02 * scale)
+        for _ in range(steps):
+            ratio = (enc(x + d) - enc(x)).norm() / d.norm()
+            best = max(best, float(ratio))
+            opt.zero_grad()
+            (-ratio).backward()
+            opt.step()
+    return best
+
+
+@pytest.mark.parametrize(("make", "latent_dim"), [(_tiny_resnet, 6), (_tiny_plain, 5)])
+def test_spectral_bound_is_an_upper_bound(make, latent_dim):
+    torch.manual_seed(0)
+    source = (12, 12)  # resized to 16x16 inside: the resize's norm is part of the bound
+    enc = _wrap(make(), latent_dim, source)
+    lip = enc.lipschitz
+    assert enc.lipschitz_source == "spectral" and enc.lipschitz_input_size == source
+    assert math.isfinite(lip) and lip > 0
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        x = torch.rand(256, 3, *source, generator=gen, dtype=torch.float64)
+        x2 = x + torch.randn(x.shape, generator=gen, dtype=torch.float64) * 0.05
+        x3 = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+        for other in (x2, x3):
+            ratios = (enc(x) - enc(other)).norm(dim=1) / (x - other).flatten(1).norm(dim=1)
+            assert float(ratios.max()) <= lip
+    attacked = _attack_ratio(enc, (3, *source))
+    assert 0 < attacked <= lip
+    # The bound must refuse inputs of another size: the resize factor would be wrong.
+    with pytest.raises(ValueError, match="source_size"):
+        enc(torch.rand(1, 3, 16, 16, dtype=torch.float64))
+
+
+def test_spectral_bound_refusals():
+    vit = P.vit(weights=None, image_size=32)
+    with pytest.raises(ValueError, match="attention"):
+        vit.set_lipschitz("spectral")
+    with pytest.raises(ValueError, match="no honest Lipschitz bound"):
+        P.spectral_lipschitz(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU()).eval(), (3, 8, 8))
+    with pytest.raises(ValueError, match="training mode"):
+        P.spectral_lipschitz(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), (3, 8, 8))
+    with pytest.raises(ValueError, match="positive"):
+        P.resnet18(weights=None, image_size=32, lipschitz=-1.0)
+    enc = P.vit(weights=None, image_size=32, lipschitz=3.5)
+    assert enc.lipschitz == 3.5 and enc.lipschitz_source == "declared"
+    assert enc(torch.rand(1, 3, 20, 20)).shape == (1, 768)  # no size lock for declared bounds
+
+
+@pytest.mark.slow
+def test_resnet50_spectral_bound_small(resnet50_32):
+    """The full ResNet-50 path (bottlenecks, downsampling, stem) on 32 px inputs."""
+    enc = resnet50_32
+    _randomise_bn(enc.backbone)
+    lip = enc.spectral_lipschitz(source_size=(24, 24))
+    assert math.isfinite(lip) and lip > 0
+    with torch.no_grad():
+        x = torch.rand(64, 3, 24, 24)
+        x2 = torch.rand(64, 3, 24, 24)
+        ratios = (enc(x) - enc(x2)).norm(dim=1) / (x - x2).flatten(1).norm(dim=1)
+    assert float(ratios.max()) <= lip
