@@ -193,11 +193,16 @@ def plot_runs(combined: pd.DataFrame, path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for (run, method), rows in combined.groupby(["run", "method"], sort=False):
-        ax.plot(rows["radius"], rows["certified_accuracy"], marker="o", markersize=3,
-                label=f"{run}: {method}")
-        ax.fill_between(rows["radius"], rows["ci_low"], rows["ci_high"], alpha=0.12)
+        (line,) = ax.plot(rows["radius"], rows["certified_accuracy"], marker="o", markersize=3,
+                          label=f"{run}: {method}")
+        if rows["ci_low"].notna().any():
+            ax.fill_between(rows["radius"], rows["ci_low"], rows["ci_high"], alpha=0.12)
+        for column, style in (("population_Q", "--"), ("ceiling_Q", "-.")):
+            if column in rows and rows[column].notna().any():
+                ax.plot(rows["radius"], rows[column], style, color=line.get_color(), alpha=0.7)
     spaces = ", ".join(sorted(set(combined["norm"] + " " + combined["space"])))
-    ax.set(xlabel=f"radius ({spaces})", ylabel="certified accuracy", ylim=(0, 1.02))
+    ax.set(xlabel=f"radius ({spaces})", ylabel="certified accuracy", ylim=(0, 1.02),
+           title="solid: measured; dashed: CA under Q; dash-dot: ceiling under Q")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper right")
     fig.tight_layout()

@@ -62,14 +62,16 @@ def fit_linear_probe(Z_train, y_train, *, seed: int, C_grid=(0.01, 0.1, 1.0, 10.
     """Logistic regression with C chosen on a held-out split of train, never on test, then
     refitted on all of train. Features are used as extracted (no rescaling), so the probe is
     a plain linear map of the latents."""
-    fit_idx, val_idx = train_test_split(np.arange(len(y_train)), test_size=holdout_fraction,
-                                        stratify=y_train, random_state=seed)
     Z = np.asarray(Z_train, np.float64)
 
     def probe(C):
         return LogisticRegression(C=C, max_iter=2000, random_state=seed)
 
+    try:
+        fit_idx, val_idx = train_test_split(np.arange(len(y_train)), test_size=holdout_fraction,
+                                            stratify=y_train, random_state=seed)
+    except ValueError:  # too few samples per class to hold any out: keep the default C = 1
+        return probe(1.0).fit(Z, y_train)
     scores = [probe(C).fit(Z[fit_idx], y_train[fit_idx]).score(Z[val_idx], y_train[val_idx])
               for C in C_grid]
-    best = C_grid[int(np.argmax(scores))]
-    return probe(best).fit(Z, y_train)
+    return probe(C_grid[int(np.argmax(scores))]).fit(Z, y_train)

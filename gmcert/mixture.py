@@ -118,8 +118,8 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     reg_covar : added to every covariance's diagonal, so that a constant feature (a
         always-black pixel) cannot make a covariance singular.
     rank : the rank of U_k for ``lowrank``.
-    tau : added to the shared covariance's diagonal after shrinkage: the robust linear rule
-        for a target radius (THEORY.md section 2); 0 is the plain Bayes rule.
+    tau : the robust linear rule for a target radius (THEORY.md section 2) classifies with
+        Sigma + tau I; 0 is the plain Bayes rule. ``covariances_`` (the fitted Q) exclude it.
     chunk_size : rows per pass-chunk of the streamed fit.
     random_state : seed for ``sample``.
 
@@ -129,8 +129,9 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
 
     Scores: ``predict_joint_log_proba`` gives s_k(z) = log pi_k + log N(z; mu_k, Sigma_k),
     (n, K), for every K; ``decision_function`` follows scikit-learn and is (n,) log-odds when
-    K = 2. ``reg_covar`` (and ``tau``) are part of the fitted covariances, hence of every score,
-    of ``score_samples`` and of ``sample``.
+    K = 2. ``reg_covar`` is part of the fitted covariances, hence of every score, of
+    ``score_samples`` and of ``sample``. ``precisions_``, ``log_weights_`` and every score are
+    the decision rule's (with ``tau``); ``sample`` draws from Q (without it).
     """
 
     def __init__(
@@ -271,12 +272,12 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     def _fit_shared(self, m, n, d):
         cov = m.scatter / n
         self.shrinkage_ = shrinkage_intensity(cov, n, m.fourth.sum(), self.shrinkage)
-        self.covariances_ = _shrink(cov, self.shrinkage_) + (self.reg_covar + self.tau) * np.eye(d)
+        self.covariances_ = _shrink(cov, self.shrinkage_) + self.reg_covar * np.eye(d)
 
     def _fit_isotropic(self, m, n, d):
         self.shrinkage_ = 0.0
         variance = np.trace(m.scatter) / (n * d)
-        self.covariances_ = (variance + self.reg_covar + self.tau) * np.eye(d)
+        self.covariances_ = (variance + self.reg_covar) * np.eye(d)
 
     def _fit_full(self, m, n, d):
         covs = m.scatter / m.counts[:, None, None]
@@ -307,7 +308,9 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         self.covariances_ = np.stack(covs)
 
     def _finalise(self):
-        covs = self.covariances_
+        # The decision rule uses Sigma + tau I (tau = 0: the Bayes rule of Q); covariances_ stay
+        # the fitted Q, which sample() draws from.
+        covs = self.covariances_ + self.tau * np.eye(self.n_features_in_)
         stacked = covs if covs.ndim == 3 else covs[None]
         precisions, logdets = [], []
         for cov in stacked:

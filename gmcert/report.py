@@ -22,6 +22,10 @@ def certified_accuracy_curve(correct, radii, grid) -> np.ndarray:
 def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path, *, title: str):
     """One curve per method, with the table's Clopper-Pearson intervals as error bars."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    published = table[~table["method"].isin(predictions["method"].unique())]
+    for method, rows in published.groupby("method", sort=False):
+        ax.plot(rows["radius"], rows["certified_accuracy"], "s:", color="gray", markersize=3,
+                label=f"{method}")
     for method, rows in predictions.groupby("method", sort=False):
         space = table.loc[table["method"] == method, "space"].iloc[0]
         radii = rows["radius_input" if space == "input" else "radius_latent"].to_numpy()
@@ -39,6 +43,9 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
         if "population_Q" in at and at["population_Q"].notna().any():
             ax.plot(at["radius"], at["population_Q"], "--", color=line.get_color(), alpha=0.6,
                     label=f"{method}: CA under Q")
+        if "ceiling_Q" in at and at["ceiling_Q"].notna().any():
+            ax.plot(at["radius"], at["ceiling_Q"], "-.", color=line.get_color(), alpha=0.6,
+                    label=f"{method}: ceiling under Q")
         if "bound_at_eps" in at and at["bound_at_eps"].notna().any():
             ax.plot(at["radius"], at["bound_at_eps"], ":", color=line.get_color(),
                     label=f"{method}: bound at eps")
@@ -60,7 +67,8 @@ def format_table(table: pd.DataFrame) -> str:
         "certified": table["certified_accuracy"].map("{:.3f}".format),
         "interval": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
     })
-    for column, title in (("population_Q", "CA under Q"), ("bound_at_eps", "bound at eps")):
+    for column, title in (("population_Q", "CA under Q"), ("ceiling_Q", "ceiling under Q"),
+                          ("bound_at_eps", "bound at eps")):
         if column in table and table[column].notna().any():
             shown[title] = table[column].map(lambda v: "" if np.isnan(v) else f"{v:.3f}")
     return shown.to_string(index=False)

@@ -68,8 +68,9 @@ def _write_json_atomic(obj: dict, path: Path) -> None:
         raise
 
 
-def bench_dimension(d: int, n: int, *, nu: float, device: str, seed: int, n_boot: int,
-                    skip: set[str]) -> dict:
+def bench_dimension(
+    d: int, n: int, *, nu: float, device: str, seed: int, n_boot: int, skip: set[str]
+) -> dict:
     rng = np.random.default_rng(seed + d)
     scale = np.eye(d)
     cov = moment_matched_covariance(scale, nu)
@@ -86,20 +87,27 @@ def bench_dimension(d: int, n: int, *, nu: float, device: str, seed: int, n_boot
         "knn_float64_search": lambda: kl_knn(X, Y, device=device, precision="float64"),
         "plugin": lambda: kl_plugin_gaussian(X, mean, cov, device=device),
         "dv": lambda: kl_dv_gaussian(X, mean, cov, random_state=0),
-        "dv_logistic": lambda: kl_dv_gaussian(X, mean, cov, discriminator="logistic",
-                                              random_state=0),
+        "dv_logistic": lambda: kl_dv_gaussian(
+            X, mean, cov, discriminator="logistic", random_state=0
+        ),
     }
     for name, fn in runs.items():
         if name in skip:
             continue
         est, sec = _timed(fn)
         single[name] = {"seconds": round(sec, 3), "estimate": est.estimate}
-        print(f"d={d:4d} {name:20s} {sec:8.2f} s  estimate {est.estimate:9.4f}"
-              f"  (true {truth_class:.4f})", flush=True)
+        print(
+            f"d={d:4d} {name:20s} {sec:8.2f} s  estimate {est.estimate:9.4f}"
+            f"  (true {truth_class:.4f})",
+            flush=True,
+        )
     if "mardia" not in skip:
         res, sec = _timed(lambda: mardia_test(X, device=device))
-        single["mardia"] = {"seconds": round(sec, 3), "kurtosis_z": res.get("kurtosis_z"),
-                            "skewness_pvalue": res.get("skewness_pvalue")}
+        single["mardia"] = {
+            "seconds": round(sec, 3),
+            "kurtosis_z": res.get("kurtosis_z"),
+            "skewness_pvalue": res.get("skewness_pvalue"),
+        }
         print(f"d={d:4d} {'mardia':20s} {sec:8.2f} s", flush=True)
 
     # estimate_eps on a K = 10 mixture with n / K points per class.
@@ -107,10 +115,18 @@ def bench_dimension(d: int, n: int, *, nu: float, device: str, seed: int, n_boot
     means = 3.0 * rng.standard_normal((K, d))  # separation is irrelevant to per-class KL
     priors = np.full(K, 1.0 / K)
     Z, y = sample_student_t_mixture(n, means, scale, nu, priors, random_state=rng)
-    res, sec = _timed(lambda: estimate_eps(
-        Z, y, means=means, covariances=np.stack([cov] * K), priors=priors, n_boot=n_boot,
-        random_state=seed, device=device,
-    ))
+    res, sec = _timed(
+        lambda: estimate_eps(
+            Z,
+            y,
+            means=means,
+            covariances=np.stack([cov] * K),
+            priors=priors,
+            n_boot=n_boot,
+            random_state=seed,
+            device=device,
+        )
+    )
     truth_joint = label_kl(y, priors) + truth_class
     out["estimate_eps_K10"] = {
         "seconds": round(sec, 3),
@@ -119,14 +135,27 @@ def bench_dimension(d: int, n: int, *, nu: float, device: str, seed: int, n_boot
         "joint": res["joint"],
         "label_term": res["label_term"],
     }
-    print(f"d={d:4d} {'estimate_eps K=10':20s} {sec:8.2f} s  joint "
-          + ", ".join(f"{k} {v['estimate']:.4f}" for k, v in res["joint"].items())
-          + f"  (true {truth_joint:.4f})", flush=True)
+    print(
+        f"d={d:4d} {'estimate_eps K=10':20s} {sec:8.2f} s  joint "
+        + ", ".join(f"{k} {v['estimate']:.4f}" for k, v in res["joint"].items())
+        + f"  (true {truth_joint:.4f})",
+        flush=True,
+    )
     return out
 
 
-def run(dims: list[int], n: int, out_path: Path, *, nu: float = 10.0, device: str = "cpu",
-        seed: int = 0, n_boot: int = 500, skip: set[str] | None = None) -> dict:
+def run(
+    dims: list[int],
+    n: int,
+    out_path: Path,
+    *,
+    nu: float = 10.0,
+    device: str = "cpu",
+    seed: int = 0,
+    n_boot: int = 500,
+    skip: set[str] | None = None,
+    blas_threads: int | None = None,
+) -> dict:
     skip = skip or set()
     report = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -135,11 +164,11 @@ def run(dims: list[int], n: int, out_path: Path, *, nu: float = 10.0, device: st
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "blas_threads_cap": blas_threads,
             "device": device,
             "loadavg_start": list(os.getloadavg()),
         },
-        "settings": {"n": n, "nu": nu, "seed": seed, "n_boot": n_boot,
-                     "skipped": sorted(skip)},
+        "settings": {"n": n, "nu": nu, "seed": seed, "n_boot": n_boot, "skipped": sorted(skip)},
         "results": [],
     }
     for d in dims:
@@ -159,12 +188,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-boot", type=int, default=500)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", nargs="*", default=[],
-                        help="single-class runs to skip, e.g. dv_logistic knn_float64_search")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        help="single-class runs to skip, e.g. dv_logistic knn_float64_search",
+    )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=None,
+        help="cap BLAS/OpenMP threads (threadpoolctl): on an oversubscribed "
+        "machine multithreaded LAPACK spin-waits and slows down ~10x",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    run(args.dims, args.n, args.out, nu=args.nu, device=args.device, seed=args.seed,
-        n_boot=args.n_boot, skip=set(args.skip))
+    kwargs = dict(
+        nu=args.nu,
+        device=args.device,
+        seed=args.seed,
+        n_boot=args.n_boot,
+        skip=set(args.skip),
+        blas_threads=args.blas_threads,
+    )
+    if args.blas_threads is None:
+        run(args.dims, args.n, args.out, **kwargs)
+    else:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=args.blas_threads):
+            run(args.dims, args.n, args.out, **kwargs)
     print(f"wrote {args.out}")
 
 

@@ -9,7 +9,7 @@ a naive loop (repeat copy, fresh noise tensors, counts read back every batch) fo
     overhead = median smoothing time / median bare forward time - 1      (target: <= 0.10)
 
 Figures go to ``outputs/bench/smoothing.json`` (written to a temporary file, then renamed).
-Usage: ``python scripts/bench_smoothing.py [--devices cpu cuda] [--repeats 9] [--out PATH]``.
+Usage: ``python scripts/bench_smoothing.py [--devices cpu cuda] [--cpu-threads 1 2] [--repeats 9]``.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def bench_case(
         counts = np.zeros(10, dtype=np.int64)
         for _ in range(batches):
             repeated = x.repeat(batch_size, *([1] * len(input_shape)))
-            noise = torch.randn(repeated.shape, generator=generator, device=device) * sigma
-            labels = base(repeated + noise).argmax(1)
+            fresh = torch.randn(repeated.shape, generator=generator, device=device) * sigma
+            labels = base(repeated + fresh).argmax(1)
             counts += np.bincount(labels.cpu().numpy(), minlength=10)
 
     @torch.inference_mode()
@@ -153,47 +153,64 @@ def run(
     repeats: int,
     sigma: float,
     out: Path,
-    threads: int | None = None,
+    cpu_threads: list[int] | None = None,
 ) -> dict:
-    """Run every model on every available device and write the JSON report to ``out``."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    """Run every model on every available device and write the JSON report to ``out``.
+
+    On CPU each model runs once per entry of ``cpu_threads`` (default: 1 and torch's default):
+    torch draws CPU noise on one thread whatever the setting, while the forward pass spreads
+    over all of them, so the overhead depends on the thread count.
+    """
+    default_threads = torch.get_num_threads()
+    cpu_threads = cpu_threads or sorted({1, default_threads})
     cases = []
     load_before = os.getloadavg()
-    for device_name in devices:
-        device = torch.device(device_name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            print(f"skip {device_name}: CUDA not available")
-            continue
-        for name in models:
-            # Enough batches that one timing lasts tens of milliseconds or more.
-            batches = 50 if name == "mlp_64" or device.type == "cuda" else 2
-            case = bench_case(
-                name, device, batch_size=batch_size, batches=batches, repeats=repeats, sigma=sigma
-            )
-            cases.append(case)
-            rate = case["samples_per_second"]
-            print(
-                f"{name:12s} {device_name:5s} bs={batch_size}: bare {rate['bare']:,.0f}/s, "
-                f"smoothing {rate['smoothing']:,.0f}/s, overhead {case['overhead']:+.1%} "
-                f"(paired {case['overhead_median_of_paired_ratios']:+.1%}, best-of "
-                f"{case['overhead_best_of']:+.1%}, CPU time "
-                f"{case['overhead_cpu_time']:+.1%}; naive loop {case['overhead_naive_loop']:+.1%}; "
-                f"noise alone {case['noise_share_of_bare']:.1%} of bare)"
-            )
+    try:
+        for device_name in devices:
+            device = torch.device(device_name)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                print(f"skip {device_name}: CUDA not available")
+                continue
+            for threads in cpu_threads if device.type == "cpu" else [default_threads]:
+                torch.set_num_threads(threads)
+                for name in models:
+                    cases.append(_run_case(name, device, threads, batch_size, repeats, sigma))
+    finally:
+        torch.set_num_threads(default_threads)
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "definition": "overhead = median smoothing time / median bare forward time - 1",
         "target_overhead": TARGET_OVERHEAD,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
         "cases": cases,
     }
     _write_json_atomically(report, out)
+    print(f"wrote {out}")
     return report
+
+
+def _run_case(name, device, threads, batch_size, repeats, sigma) -> dict:
+    # Enough batches that one timing lasts tens of milliseconds or more.
+    batches = 50 if name == "mlp_64" or device.type == "cuda" else 2
+    case = bench_case(
+        name, device, batch_size=batch_size, batches=batches, repeats=repeats, sigma=sigma
+    )
+    case["cpu_threads"] = threads if device.type == "cpu" else None
+    rate = case["samples_per_second"]
+    where = f"{device}" + (f"/{threads}thr" if device.type == "cpu" else "")
+    print(
+        f"{name:12s} {where:9s} bs={batch_size}: bare {rate['bare']:,.0f}/s, "
+        f"smoothing {rate['smoothing']:,.0f}/s, overhead {case['overhead']:+.1%} "
+        f"(paired {case['overhead_median_of_paired_ratios']:+.1%}, best-of "
+        f"{case['overhead_best_of']:+.1%}, CPU time {case['overhead_cpu_time']:+.1%}; "
+        f"naive loop {case['overhead_naive_loop']:+.1%}; "
+        f"noise alone {case['noise_share_of_bare']:.1%} of bare)"
+    )
+    return case
 
 
 def _write_json_atomically(report: dict, out: Path) -> None:
@@ -215,7 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--sigma", type=float, default=0.25)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    parser.add_argument(
+        "--cpu-threads", type=int, nargs="+", default=None, help="default: 1 and torch's default"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     run(
@@ -225,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         repeats=args.repeats,
         sigma=args.sigma,
         out=args.out,
-        threads=args.threads,
+        cpu_threads=args.cpu_threads,
     )
 
 

@@ -84,14 +84,16 @@ def ray_crossings(A, b, c, z, U):
 
 
 def nonlinear_solver_bound(A, b, c, z, starts, method="SLSQP"):
-    """Best feasible norm found by a general constrained solver from each start, and its direction."""
+    """Best feasible norm found by a general constrained solver from the starts, and its
+    direction."""
     grad_z = 2 * A @ z + b
     value = z @ A @ z + b @ z + c
 
     def g_local(x):
         return value + grad_z @ x + x @ A @ x
 
-    constraint = {"type": "ineq", "fun": lambda x: -g_local(x), "jac": lambda x: -(grad_z + 2 * A @ x)}
+    constraint = {"type": "ineq", "fun": lambda x: -g_local(x),
+                  "jac": lambda x: -(grad_z + 2 * A @ x)}
     best, best_x = np.inf, None
     for x0 in starts:
         if method == "SLSQP":
@@ -100,7 +102,8 @@ def nonlinear_solver_bound(A, b, c, z, starts, method="SLSQP"):
                 method="SLSQP", options={"ftol": 1e-15, "maxiter": 500},
             )
         else:
-            nlc = optimize.NonlinearConstraint(g_local, -np.inf, 0.0, jac=lambda x: grad_z + 2 * A @ x,
+            nlc = optimize.NonlinearConstraint(g_local, -np.inf, 0.0,
+                                               jac=lambda x: grad_z + 2 * A @ x,
                                                hess=lambda x, v: 2 * v[0] * A)
             res = optimize.minimize(
                 lambda x: x @ x, x0, jac=lambda x: 2 * x, hess=lambda x: 2 * np.eye(len(x)),
@@ -275,7 +278,8 @@ FAMILIES = {
 
 
 def certify(A, b, c, Z):
-    out = distance_to_quadric(torch.from_numpy(Z), torch.from_numpy(A), torch.from_numpy(b), float(c))
+    out = distance_to_quadric(torch.from_numpy(Z), torch.from_numpy(A), torch.from_numpy(b),
+                              float(c))
     return out.radius.numpy(), out.delta.numpy(), out.witness_verified.numpy()
 
 
@@ -318,15 +322,15 @@ def run_family(name, dim, n_pairs, seed, **kw):
 @pytest.mark.parametrize("dim", [2, 3, 5])
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_distance_matches_brute_force(name, dim):
-    run_family(name, dim, n_pairs=12, seed=zlib.crc32(f"{name}-{dim}".encode()), n_dirs=3000)
+    run_family(name, dim, n_pairs=8, seed=zlib.crc32(f"{name}-{dim}".encode()), n_dirs=3000)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dim", [2, 3, 5])
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_distance_matches_brute_force_exhaustive(name, dim):
-    run_family(name, dim, n_pairs=60, seed=1000 + zlib.crc32(f"{name}-{dim}".encode()), n_dirs=20000,
-               n_random_starts=3)
+    run_family(name, dim, n_pairs=60, seed=1000 + zlib.crc32(f"{name}-{dim}".encode()),
+               n_dirs=20000, n_random_starts=3)
 
 
 @pytest.mark.slow
@@ -335,14 +339,11 @@ def test_distance_matches_trust_constr(dim):
     run_family("qda", dim, n_pairs=15, seed=77 + dim, n_dirs=5000, method="trust-constr")
 
 
-@pytest.mark.parametrize("dim", [2, 3, 5])
-@pytest.mark.parametrize("multiplicity", [1, 2])
+@pytest.mark.parametrize("dim,multiplicity", [(2, 1), (3, 1), (3, 2), (5, 1), (5, 2)])
 @pytest.mark.parametrize("leak", [0.0, 1e-9, 1e-4])
 def test_hard_case_matches_brute_force(dim, multiplicity, leak):
-    if multiplicity >= dim:
-        pytest.skip("needs an eigenvalue outside the degenerate eigenspace")
     rng = np.random.default_rng(dim * 100 + multiplicity * 10 + int(leak > 0) + int(leak > 1e-6))
-    for _ in range(6):
+    for _ in range(4):
         A, b, c, Z = hard_case(dim, rng, multiplicity=multiplicity, leak=leak)
         check_against_brute_force(A, b, c, Z, rng, n_dirs=4000)
 
@@ -377,7 +378,8 @@ def test_linear_case_closed_form(dim):
     R, delta, ok = certify(A, b, c, Z)
     exact = (Z @ b + c) / np.linalg.norm(b)
     assert np.all(R <= exact) and np.all(exact - R < 1e-12 * np.maximum(1, exact))
-    assert ok.all() and np.all((Z + delta) @ b + c <= 1e-13 * (np.abs(Z + delta) @ np.abs(b) + abs(c)))
+    rounding = 1e-13 * (np.abs(Z + delta) @ np.abs(b) + abs(c))
+    assert ok.all() and np.all((Z + delta) @ b + c <= rounding)
     # Zero gradient and positive constant: the set is empty.
     R0, _, _ = certify(A, np.zeros(dim), 1.0, Z[:2])
     assert np.all(np.isinf(R0))
@@ -426,7 +428,8 @@ def test_points_already_in_the_set_have_zero_radius():
 
 def test_distance_rejects_bad_input():
     with pytest.raises(ValueError, match="symmetric"):
-        distance_to_quadric(torch.zeros(1, 2), torch.tensor([[0.0, 1.0], [0.0, 0.0]]), torch.zeros(2), 1.0)
+        asymmetric = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+        distance_to_quadric(torch.zeros(1, 2), asymmetric, torch.zeros(2), 1.0)
     with pytest.raises(ValueError, match="shape"):
         distance_to_quadric(torch.zeros(2), torch.eye(2), torch.zeros(2), 1.0)
     with pytest.raises(ValueError, match="A must be"):
@@ -482,8 +485,9 @@ def test_predict_is_bayes_rule(K, dim):
     rng = np.random.default_rng(K * 10 + dim)
     means, precisions, priors, log_weights = random_qda(K, dim, rng)
     Z = qda_sample(means, precisions, 300, rng)
+    covs = np.linalg.inv(precisions)
     logpost = np.stack([
-        np.log(priors[k]) + stats.multivariate_normal(means[k], np.linalg.inv(precisions[k])).logpdf(Z)
+        np.log(priors[k]) + stats.multivariate_normal(means[k], covs[k]).logpdf(Z)
         for k in range(K)
     ], 1)
     cert = make_certifier(means, precisions, log_weights)
@@ -501,7 +505,8 @@ def check_mixture(K, dim, seed, n_points, n_dirs, n_perturb):
     R, delta, nearest = out.radius.numpy(), out.delta.numpy(), out.nearest_class.numpy()
     assert out.exact and out.norm == "l2"
     pred_t, radius_t = cert.certify(Zt)
-    assert np.array_equal(pred_t.numpy(), pred) and np.array_equal(radius_t.numpy(), out.radius.numpy())
+    assert np.array_equal(pred_t.numpy(), pred)
+    assert np.array_equal(radius_t.numpy(), out.radius.numpy())
     assert np.array_equal(cert.radii(Zt, torch.from_numpy(pred)).numpy(), R)
 
     for i, z in enumerate(Z):
@@ -534,7 +539,7 @@ def check_mixture(K, dim, seed, n_points, n_dirs, n_perturb):
 
 @pytest.mark.parametrize("K,dim", [(3, 2), (4, 3), (5, 5), (3, 4)])
 def test_mixture_certifier_against_brute_force(K, dim):
-    check_mixture(K, dim, seed=100 * K + dim, n_points=12, n_dirs=3000, n_perturb=1000)
+    check_mixture(K, dim, seed=100 * K + dim, n_points=10, n_dirs=3000, n_perturb=1000)
 
 
 @pytest.mark.slow

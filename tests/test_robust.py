@@ -266,7 +266,8 @@ def test_two_class_ceiling_is_the_optimum():
     means = rng.standard_normal((2, 3))
     for rho in [0.0, 0.2, 0.5]:
         ceiling = pairwise_robust_accuracy_ceiling(means, cov, [0.5, 0.5], rho)
-        assert ceiling == pytest.approx(1 - optimal_robust_error(cov, (means[0] - means[1]) / 2, rho))
+        optimum = 1 - optimal_robust_error(cov, (means[0] - means[1]) / 2, rho)
+        assert ceiling == pytest.approx(optimum)
 
 
 @pytest.mark.parametrize("prior", [0.2, 0.35])

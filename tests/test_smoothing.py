@@ -219,7 +219,7 @@ def test_certified_radius_never_exceeds_exact_radius():
 def test_certified_radius_sound_and_tight_at_default_n():
     rng = np.random.default_rng(7)
     sigma, alpha = 0.5, 1e-3
-    w, b, xs, margin = linear_problem(rng, dim=20, num_points=200)
+    w, b, xs, margin = linear_problem(rng, dim=20, num_points=120)
     exact = np.abs(margin) / np.linalg.norm(w)
     smoothed = SmoothedClassifier(LinearBase(w, b).eval(), 2, sigma=sigma, batch_size=10_000)
     certs = smoothed.certify_batch(torch.as_tensor(xs), generator=seeded(8))  # n0=100, n=1e5

@@ -16,8 +16,18 @@ from PIL import Image
 
 from gmcert.data import vision
 
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-               "truck"]
+CIFAR_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 TRAIN_COUNTS = [4, 3, 5]
 VAL_PER_CLASS = 3
@@ -38,8 +48,12 @@ def write_cifar10(root: Path, *, per_batch: int = 20, n_test: int = 40, seed: in
 
     def dump(name: str, data: np.ndarray, labels: np.ndarray) -> None:
         # Python-2 str keys, which Python 3 reads back as str with encoding="latin1".
-        batch = {"batch_label": name, "labels": labels.tolist(), "data": data,
-                 "filenames": [f"{i}.png" for i in range(len(labels))]}
+        batch = {
+            "batch_label": name,
+            "labels": labels.tolist(),
+            "data": data,
+            "filenames": [f"{i}.png" for i in range(len(labels))],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
 
@@ -53,8 +67,11 @@ def write_cifar10(root: Path, *, per_batch: int = 20, n_test: int = 40, seed: in
     test_data = rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)
     dump("test_batch", test_data, test_labels)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": CIFAR_NAMES, "num_cases_per_batch": per_batch,
-                     "num_vis": 3072}, f, protocol=2)
+        pickle.dump(
+            {"label_names": CIFAR_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072},
+            f,
+            protocol=2,
+        )
     return {
         "train_data": np.concatenate(truth["train_data"]),
         "train_labels": np.concatenate(truth["train_labels"]),
@@ -67,7 +84,7 @@ def write_imagenet(root: Path, *, seed: int = 0) -> None:
     """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG for 3 wnids, varied sizes and modes."""
     rng = np.random.default_rng(seed)
     for split, counts in (("train", TRAIN_COUNTS), ("val", [VAL_PER_CLASS] * len(WNIDS))):
-        for c, (wnid, count) in enumerate(zip(WNIDS, counts)):
+        for c, (wnid, count) in enumerate(zip(WNIDS, counts, strict=True)):
             folder = root / split / wnid
             folder.mkdir(parents=True)
             for k in range(count):

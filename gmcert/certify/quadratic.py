@@ -2,7 +2,7 @@
 
 The core problem, for one constraint ``g`` and one point ``z`` with ``g(z) > 0``::
 
-    R(z)^2 = min ||delta||_2^2  subject to  g(z + delta) = g(z) + grad^T delta + delta^T A delta <= 0.
+    R(z)^2 = min ||delta||^2  s.t.  g(z + delta) = g(z) + grad^T delta + delta^T A delta <= 0.
 
 In the eigenbasis ``A = V diag(lam) V^T``, ``y = V^T delta``, ``bt = V^T grad``, the
 Lagrangian ``||y||^2 + l h(y)`` is minimised by ``y(l) = -(l / 2) bt / (1 + l lam)`` and gives
@@ -33,12 +33,12 @@ Floating-point safeguards (soundness first: a radius must never exceed the true 
    ``s = 1e-12, 1e-10, 1e-8, 1e-6``; the shortest with ``g(z + delta) <= 0`` is returned and
    flagged ``witness_verified``. A verified witness is a feasible point, so the radius is
    capped at its norm. If none verifies but one is feasible for the shifted problem of
-   safeguard 1 (a singular PSD ``A`` whose true set is empty or astronomically far), the
-   radius is capped at that norm and the flag is False (that check allows the rounding error
-   of evaluating ``g``; it only decides between two caps, never raises a radius). If not even that, the radius is capped
-   at the elementary bound ``2 g / (||grad|| + sqrt(||grad||^2 + 4 max(-lam_min, 0) g))``
-   (the ball on which ``g(z) - ||grad|| r + min(lam_min, 0) r^2 > 0``), which does not rely
-   on the root-finding, and the flag is False.
+   safeguard 1 up to the rounding of evaluating ``g`` (a singular PSD ``A`` whose true set is
+   empty or astronomically far), the radius is capped at that norm and the flag is False. If
+   not even that, the radius is capped at the elementary bound
+   ``2 g / (||grad|| + sqrt(||grad||^2 + 4 max(-lam_min, 0) g))`` (the ball on which
+   ``g(z) - ||grad|| r + min(lam_min, 0) r^2 > 0``), which does not rely on the root-finding,
+   and the flag is False. Each tier only ever lowers the radius.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ class QuadricDistance:
         ``inf`` where the set is provably empty.
     delta: (..., n, d) a minimiser (``z + delta`` is on the boundary); NaN where radius is inf.
     witness_verified: (..., n) True where ``g(z + delta) <= 0`` was checked in floating point
-        with the original matrix (then ``radius <= ||delta||``).
+        with the original matrix (then ``radius <= ||delta||``); where False, ``delta`` is the
+        solver's best unverified candidate (see safeguard 3 of the module docstring).
     """
 
     radius: torch.Tensor
@@ -90,7 +91,7 @@ class QuadricDistance:
 
 @dataclass(frozen=True)
 class QuadraticCertificate:
-    """Result of :meth:`QuadraticCertifier.certify`.
+    """Result of :meth:`QuadraticCertifier.certificate`.
 
     radius: (n,) certified radius in ``norm`` (latent units); exact up to the safeguards of
         this module when ``exact`` (l2), a sound lower bound otherwise.
@@ -134,7 +135,9 @@ def distance_to_quadric(Z, A, b, c, *, device=None, dtype=torch.float64) -> Quad
     b = _as_tensor(b, "b", device, dtype)
     c = _as_tensor(c, "c", device, dtype)
     if Z.ndim != 2:
-        raise ValueError(f"Z must have shape (n, d), got {tuple(Z.shape)}; use Z[None] for one point")
+        raise ValueError(
+            f"Z must have shape (n, d), got {tuple(Z.shape)}; use Z[None] for one point"
+        )
     d = Z.shape[1]
     if A.shape != (d, d) or b.shape != (d,) or c.ndim != 0:
         raise ValueError(
@@ -169,14 +172,25 @@ def solve_local_quadric(
     ``gradients`` (for the rounding-error estimate; default: their absolute values).
     A matrix that is exactly zero is solved in closed form (``values / ||gradients||``).
     """
+    if gradients.ndim != 3:
+        raise ValueError(f"gradients must have shape (P, n, d), got {tuple(gradients.shape)}")
     P, n, d = gradients.shape
+    expected = {"values": (P, n), "matrices": (P, d, d), "eigenvalues": (P, d),
+                "eigenvectors": (P, d, d)}
+    given = {"values": values, "matrices": matrices, "eigenvalues": eigenvalues,
+             "eigenvectors": eigenvectors}
+    for name, shape in expected.items():
+        if tuple(given[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match gradients (P, n, d) = "
+                             f"{(P, n, d)}, got {tuple(given[name].shape)}")
     eps = torch.finfo(gradients.dtype).eps
     if value_scale is None:
         value_scale = values.abs()
     if gradient_scale is None:
         gradient_scale = torch.linalg.vector_norm(gradients, dim=-1)
     value_err = 8 * (d + 2) * eps * value_scale
-    gradient_err = 4 * (d + 2) * eps * (gradient_scale + torch.linalg.vector_norm(gradients, dim=-1))
+    grad_norm = torch.linalg.vector_norm(gradients, dim=-1)
+    gradient_err = 4 * (d + 2) * eps * (gradient_scale + grad_norm)
 
     linear = (matrices == 0).flatten(1).all(1)
     radius = torch.empty_like(values)
@@ -217,7 +231,8 @@ def _solve_linear(values, gradients, matrices, eigenvalues, eigenvectors, value_
     )
 
 
-def _solve_quadratic(values, gradients, matrices, eigenvalues, eigenvectors, value_err, gradient_err):
+def _solve_quadratic(values, gradients, matrices, eigenvalues, eigenvectors, value_err,
+                     gradient_err):
     """Dual bisection in the eigenbasis (module docstring); all inputs batched over (P, n)."""
     P, n, d = gradients.shape
     eps = torch.finfo(values.dtype).eps
@@ -231,19 +246,20 @@ def _solve_quadratic(values, gradients, matrices, eigenvalues, eigenvectors, val
     bt = gradients @ eigenvectors
     curv = lam[:, None, :]
 
-    # l / (1 + l lam) is formed first so that a huge l (root near infinity) cannot overflow.
-    def minimiser(l):
-        return -0.5 * (l[..., None] / (1 + l[..., None] * curv)) * bt
+    # mult / (1 + mult lam) is formed first so that a huge multiplier cannot overflow.
+    def minimiser(mult):
+        return -0.5 * (mult[..., None] / (1 + mult[..., None] * curv)) * bt
 
     def constraint_of(y):  # h(y) in eigen-coordinates, y (P, n, d)
         return gz + (y * (curv * y + bt)).sum(-1)
 
-    def constraint_at(l):  # h(y(l)) = q'(l), strictly decreasing in l
-        return constraint_of(minimiser(l))
+    def constraint_at(mult):  # h(y(l)) = q'(l), strictly decreasing in the multiplier l
+        return constraint_of(minimiser(mult))
 
-    def dual_terms(l):  # (q(l), the subtracted sum), the latter for the error estimate
-        subtracted = 0.25 * l * (bt**2 * (l[..., None] / (1 + l[..., None] * curv))).sum(-1)
-        return l * gz - subtracted, subtracted
+    def dual_terms(mult):  # (q(l), the subtracted sum), the latter for the error estimate
+        ratio = mult[..., None] / (1 + mult[..., None] * curv)
+        subtracted = 0.25 * mult * (bt**2 * ratio).sum(-1)
+        return mult * gz - subtracted, subtracted
 
     # Definite A: the set is empty iff min h = h(-bt / (2 lam)) > 0; claim it only beyond the
     # rounding error, otherwise fall through to the (always sound) dual bound.
@@ -372,43 +388,31 @@ def _choose_witness_and_cap(values, gradients, matrices, candidates, radius, emp
 
     candidates: (C, P, n, d) in original coordinates. A candidate is verified if
     ``g(z + (1 + s) delta) <= 0`` with the original matrix for one of the scales ``s``. If
-    none is, a candidate feasible for the relaxed constraint ``g - relaxation ||delta||^2``
-    (the problem actually solved, see safeguard 1) still caps the radius but is not flagged
-    verified; if none of those either, the radius is capped by the elementary bound.
+    none is, a candidate feasible up to rounding for the relaxed constraint
+    ``g - relaxation ||delta||^2`` (the problem actually solved, see safeguard 1) still caps
+    the radius but is not flagged verified; if none of those either, the radius is capped by
+    the elementary bound.
     """
     d = gradients.shape[-1]
     eps = torch.finfo(values.dtype).eps
+    usable = torch.isfinite(candidates).flatten(1).any(1)
+    candidates = candidates[usable] if usable.any() else candidates[:1]
 
-    def constraint(dl):
+    def exact_check(dl):
         return values + (gradients * dl).sum(-1) + ((dl @ matrices) * dl).sum(-1)
 
-    def rounding(dl):  # error bound for evaluating ``constraint``, used by the relaxed tier only
-        size = values.abs() + (gradients.abs() * dl.abs()).sum(-1)
-        size = size + ((dl.abs() @ matrices.abs()) * dl.abs()).sum(-1)
-        return 16 * (d + 2) * eps * size
+    def relaxed_check(dl):  # the shifted constraint, minus a bound on the rounding of g
+        rounding = values.abs() + (gradients.abs() * dl.abs()).sum(-1)
+        rounding = rounding + ((dl.abs() @ matrices.abs()) * dl.abs()).sum(-1)
+        return exact_check(dl) - relaxation * (dl * dl).sum(-1) - 16 * (d + 2) * eps * rounding
 
-    def norms_sq(dl):
-        return (dl * dl).sum(-1)
-
-    inf = torch.full_like(values, math.inf)
-    best_true, best_relaxed = inf.clone(), inf.clone()
-    delta_true = torch.full_like(gradients, math.nan)
-    delta_relaxed = delta_true.clone()
-    for s in _WITNESS_SCALES:
-        scaled = candidates * (1 + s)
-        h = constraint(scaled)
-        h_relaxed = h - relaxation * norms_sq(scaled) - rounding(scaled)
-        norms = torch.linalg.vector_norm(scaled, dim=-1)
-        for c in range(candidates.shape[0]):
-            better = ~empty & (h[c] <= 0) & (norms[c] < best_true)
-            best_true = torch.where(better, norms[c], best_true)
-            delta_true = torch.where(better[..., None], scaled[c], delta_true)
-            better = ~empty & (h_relaxed[c] <= 0) & (norms[c] < best_relaxed)
-            best_relaxed = torch.where(better, norms[c], best_relaxed)
-            delta_relaxed = torch.where(better[..., None], scaled[c], delta_relaxed)
-
+    best_true, delta_true = _shortest_passing(candidates, exact_check, empty)
     verified = torch.isfinite(best_true)
+    best_relaxed, delta_relaxed = best_true, delta_true
+    if not (verified | empty).all():
+        best_relaxed, delta_relaxed = _shortest_passing(candidates, relaxed_check, empty)
     relaxed = torch.isfinite(best_relaxed)
+
     grad_norm = torch.linalg.vector_norm(gradients, dim=-1)
     safe_g = (values - value_err).clamp(min=0)
     elementary = 2 * safe_g / (grad_norm + (grad_norm**2 + 4 * neg_curvature * safe_g).sqrt())
@@ -420,6 +424,24 @@ def _choose_witness_and_cap(values, gradients, matrices, candidates, radius, emp
     delta = torch.where(verified[..., None], delta_true,
                         torch.where(relaxed[..., None], delta_relaxed, fallback))
     return radius, delta, verified
+
+
+def _shortest_passing(candidates, check, empty):
+    """Per point, the shortest ``(1 + s) candidate`` with ``check <= 0``: (norm, delta); the
+    norm is inf (and delta NaN) where none passes."""
+    best = torch.full(candidates.shape[1:-1], math.inf, dtype=candidates.dtype,
+                      device=candidates.device)
+    chosen = torch.full_like(candidates[0], math.nan)
+    for s in _WITNESS_SCALES:
+        scaled = candidates * (1 + s)
+        passing = (check(scaled) <= 0) & ~empty
+        norms = torch.where(passing, torch.linalg.vector_norm(scaled, dim=-1), math.inf)
+        shortest, which = norms.min(0)
+        better = shortest < best
+        best = torch.where(better, shortest, best)
+        pick = scaled.gather(0, which[None, ..., None].expand(1, *scaled.shape[1:]))[0]
+        chosen = torch.where(better[..., None], pick, chosen)
+    return best, chosen
 
 
 def _first_finite(candidates):
@@ -456,10 +478,12 @@ class QuadraticCertifier:
         self.precisions = _as_tensor(precisions, "precisions", self.device, dtype)
         self.log_weights = _as_tensor(log_weights, "log_weights", self.device, dtype)
         self._validate()
-        self._pairs = torch.triu_indices(self.n_classes, self.n_classes, offset=1, device=self.device)
-        a, b = self._pairs
-        self._pair_matrices = 0.5 * (self.precisions[b] - self.precisions[a])
-        self._pair_eigenvalues, self._pair_eigenvectors = torch.linalg.eigh(self._pair_matrices)
+        a, b = torch.triu_indices(self.n_classes, self.n_classes, offset=1, device=self.device)
+        # Memory: K (K - 1) / 2 eigenbases of size d x d; the matrices themselves are rebuilt
+        # per class (bitwise the same: x - y rounds to exactly -(y - x)).
+        self._pair_eigenvalues, self._pair_eigenvectors = torch.linalg.eigh(
+            0.5 * (self.precisions[b] - self.precisions[a])
+        )
         self._abs_precisions = self.precisions.abs()
 
     @property
@@ -492,6 +516,7 @@ class QuadraticCertifier:
         pred = self.predict(Z)
         return pred, self.certificate(Z, pred).radius
 
+    @torch.no_grad()
     def certificate(self, Z, pred=None) -> QuadraticCertificate:
         """Certificate for each row of ``Z`` (n, d) and its class ``pred`` (n,), default the
         prediction. Where ``pred`` is not the strict argmax the radius is 0."""
@@ -514,7 +539,8 @@ class QuadraticCertifier:
         """All rows predicted ``k``: one batched solve over the K - 1 pairs (k, j)."""
         others = [j for j in range(self.n_classes) if j != k]
         pair_index, sign = self._pair_lookup(k, others)
-        matrices = sign[:, None, None] * self._pair_matrices[pair_index]
+        others_t = torch.tensor(others, device=self.device)
+        matrices = 0.5 * (self.precisions[others_t] - self.precisions[k][None])
         eigenvalues = sign[:, None] * self._pair_eigenvalues[pair_index]
         eigenvectors = self._pair_eigenvectors[pair_index]
 
@@ -522,7 +548,6 @@ class QuadraticCertifier:
         pulled = torch.einsum("kde,kne->knd", self.precisions, centred)  # P_k (z - mu_k)
         quad = (pulled * centred).sum(-1)
         scores = self.log_weights[:, None] - 0.5 * quad
-        others_t = torch.tensor(others, device=self.device)
         values = scores[k][None] - scores[others_t]
         gradients = pulled[others_t] - pulled[k][None]
 
@@ -563,7 +588,9 @@ class QuadraticCertifier:
                 f"got {tuple(self.precisions.shape)}"
             )
         if self.log_weights.shape != (K,):
-            raise ValueError(f"log_weights must have shape ({K},), got {tuple(self.log_weights.shape)}")
+            raise ValueError(
+                f"log_weights must have shape ({K},), got {tuple(self.log_weights.shape)}"
+            )
         for name, t in (("means", self.means), ("precisions", self.precisions),
                         ("log_weights", self.log_weights)):
             if not torch.isfinite(t).all():

@@ -122,7 +122,10 @@ def sample_student_t_mixture(
     mix = np.ones(n)
     # Draw the chi-square only for finite nu; inf means no mixing (Gaussian).
     mix[finite] = np.sqrt(nu_i[finite] / rng.chisquare(nu_i[finite]))
-    Z = means[y] + np.einsum("nij,nj->ni", chols[y], g) * mix[:, None]
+    Z = np.empty((n, d))
+    for k in range(K):  # per class: never materialise an (n, d, d) stack of factors
+        idx = np.flatnonzero(y == k)
+        Z[idx] = means[k] + (g[idx] @ chols[k].T) * mix[idx, None]
     return Z, y
 
 
@@ -201,12 +204,18 @@ def _negentropy_student_t(nu: float, d: int) -> float:
         - (a + b) * (special.digamma(a + b) - special.digamma(a))
     )
     x = 1.0 / a
-    series = b * (b + 1) * x * x * (
-        1 / 4
-        - x * (b - 2) / 6
-        + x**2 * (3 * b**2 - 7 * b + 7) / 24
-        - x**3 * (3 * b**3 - 8 * b**2 + 8 * b - 6) / 30
-        + x**4 * (3 * b**4 - 9 * b**3 + 9 * b**2 - 5 * b + 5) / 36
+    series = (
+        b
+        * (b + 1)
+        * x
+        * x
+        * (
+            1 / 4
+            - x * (b - 2) / 6
+            + x**2 * (3 * b**2 - 7 * b + 7) / 24
+            - x**3 * (3 * b**3 - 8 * b**2 + 8 * b - 6) / 30
+            + x**4 * (3 * b**4 - 9 * b**3 + 9 * b**2 - 5 * b + 5) / 36
+        )
     )
     # Relative error estimates: the direct formula subtracts terms of size ~ (a + b) log a
     # (log-gamma and digamma differences), losing ~ eps * (a + b) log a absolutely; the first

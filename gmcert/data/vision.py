@@ -37,7 +37,16 @@ CIFAR10_META_FILE = "batches.meta"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 # The fixed class order of CIFAR-10 (also stored in batches.meta; used if that file is absent).
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 _WNID = re.compile(r"^n\d{8}$")
@@ -134,7 +143,8 @@ def _check_count(value: Any, what: str, *, allow_none: bool = True) -> int | Non
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer{' or None' * allow_none}, got {value!r}")
+        alternatives = " or None" if allow_none else ""
+        raise ValueError(f"{what} must be a positive integer{alternatives}, got {value!r}")
     return int(value)
 
 
@@ -269,11 +279,13 @@ def build_cifar10(
         name="cifar10",
         train=_make_split(
             ArrayImageDataset(train_images[train_idx], train_labels[train_idx]),
-            train_labels[train_idx], train_idx,
+            train_labels[train_idx],
+            train_idx,
         ),
         test=_make_split(
             ArrayImageDataset(test_images[test_idx], test_labels[test_idx]),
-            test_labels[test_idx], test_idx,
+            test_labels[test_idx],
+            test_idx,
         ),
         num_classes=10,
         class_names=_cifar_class_names(folder),
@@ -315,8 +327,10 @@ def _image_names(folder: Path) -> list[str]:
     """Sorted image file names in one class folder (hidden files and other types skipped)."""
     with os.scandir(folder) as entries:
         names = [
-            e.name for e in entries
-            if e.is_file() and not e.name.startswith(".")
+            e.name
+            for e in entries
+            if e.is_file()
+            and not e.name.startswith(".")
             and e.name.lower().endswith(IMAGE_EXTENSIONS)
         ]
     return sorted(names)
@@ -447,9 +461,7 @@ def build_imagenet(
         )
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise FileNotFoundError(
-                f"ImageNet folder {root / split} is missing; expected {layout}"
-            )
+            raise FileNotFoundError(f"ImageNet folder {root / split} is missing; expected {layout}")
     train_classes = _class_folders(root / "train", "train", root)
     val_classes = _class_folders(root / "val", "val", root)
     if train_classes != val_classes:
@@ -463,7 +475,9 @@ def build_imagenet(
         )
     transform = imagenet_transform(resize_size=resize_size, crop_size=crop_size)
 
-    train_paths, train_labels, train_idx = _scan_split(root, "train", train_classes, train_per_class)
+    train_paths, train_labels, train_idx = _scan_split(
+        root, "train", train_classes, train_per_class
+    )
     val_paths, val_labels, val_full_idx = _scan_split(root, "val", val_classes, None)
     val_idx = subset_indices(len(val_paths), skip=skip, max=max)
     if len(val_idx) == 0:
@@ -475,7 +489,8 @@ def build_imagenet(
         ),
         test=_make_split(
             ImageFileDataset(root, val_paths[val_idx], val_labels[val_idx], transform),
-            val_labels[val_idx], val_full_idx[val_idx],
+            val_labels[val_idx],
+            val_full_idx[val_idx],
         ),
         num_classes=len(train_classes),
         class_names=_imagenet_class_names(root, train_classes),

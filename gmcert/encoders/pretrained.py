@@ -19,15 +19,17 @@ Attributes shared by every encoder (see :class:`PretrainedEncoder`):
 Spectral bounds.  ``lipschitz="spectral"`` computes a bound that is a true upper bound for the
 exact (real-arithmetic) map, never an empirical estimate: the product over layers of per-layer
 operator norms, with residual blocks bounded by ``L_shortcut + L_branch``.  Convolutions are not
-bounded by power iteration (which converges from *below* and so can under-state the norm) but
-exactly for the circular convolution that contains them: a zero-padded, strided convolution is
-``subsample o crop o circular-conv o zero-embed`` on the padded grid, the three outer maps have
-norm <= 1, and the circular convolution is block-diagonalised by the 2-D DFT, so its norm is the
-largest singular value of the (C_out x C_in) kernel transform over the grid frequencies
-(Sedghi, Gupta & Long 2019), computed in float64.  BatchNorm (eval mode) is folded into the
-preceding convolution as a diagonal output scaling; pooling and the resize are linear and
-separable, so their exact norms are products of 1-D matrix norms; max pooling is bounded by
-the square root of the largest number of windows that share one pixel.  Self-attention is not
+bounded by power iteration on the operator (which converges from *below* and so can
+under-state the norm) but through the circular convolution that contains them: a zero-padded,
+strided convolution is ``crop o strided-circular-conv o zero-embed`` on the padded grid, the
+outer maps have norm <= 1, and the circular convolution is block-diagonalised by the 2-D DFT
+(Sedghi, Gupta & Long 2019; strides through a polyphase split), so its norm is the largest
+singular value of small kernel-transform matrices over the grid frequencies.  That maximum is
+certified from above by Cholesky factorisations in float64 (see ``_max_singular_value``),
+within ~1e-4 of its true value.  BatchNorm (eval mode) is folded into the preceding
+convolution as a diagonal output scaling; pooling and the resize are linear and separable, so
+their norms are products of (tightly bounded) 1-D matrix norms; max pooling is bounded by the
+square root of the largest number of windows that share one pixel.  Self-attention is not
 globally Lipschitz (Kim, Papamakarios & Mnih 2021), so ViT-type encoders refuse "spectral".
 """
 
@@ -133,7 +135,7 @@ class PretrainedEncoder(nn.Module):
     def train(self, mode: bool = True) -> PretrainedEncoder:
         """Keep the encoder in eval mode: it is frozen (see the class docstring)."""
         if mode:
-            log.debug("%s is a frozen encoder; train(True) ignored, it stays in eval mode", self.name)
+            log.debug("%s is frozen: train(True) ignored, it stays in eval mode", self.name)
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -188,19 +190,25 @@ class PretrainedEncoder(nn.Module):
         self.lipschitz, self.lipschitz_source, self.lipschitz_input_size = None, None, None
         if lipschitz is None:
             return self
-        if isinstance(lipschitz, str):
-            if lipschitz.lower() != "spectral":
+        if isinstance(lipschitz, str) and lipschitz.strip().lower() != "spectral":
+            try:  # a number typed on the command line may arrive as a string
+                lipschitz = float(lipschitz)
+            except ValueError:
                 raise ValueError(
                     f"{self.name}: lipschitz must be null, a positive number or 'spectral', "
                     f"got {lipschitz!r}"
-                )
+                ) from None
+        if isinstance(lipschitz, str):
             size = _as_hw(source_size, "source_size") if source_size else self.input_size
             self.lipschitz = self.spectral_lipschitz(source_size=size, device=device)
             self.lipschitz_source = "spectral"
             self.lipschitz_input_size = size
             log.info(
                 "%s: spectral l2 Lipschitz bound %.4g for %dx%d [0,1]-pixel inputs",
-                self.name, self.lipschitz, size[0], size[1],
+                self.name,
+                self.lipschitz,
+                size[0],
+                size[1],
             )
             return self
         value = float(lipschitz)
@@ -232,9 +240,7 @@ class PretrainedEncoder(nn.Module):
         resize_norm = bilinear_resize_norm(size, self.input_size)
         norm_factor = float((1.0 / self.std.double()).max())
         try:
-            backbone_bound = spectral_lipschitz(
-                self.backbone, (3, *self.input_size), device=device
-            )
+            backbone_bound = spectral_lipschitz(self.backbone, (3, *self.input_size), device=device)
         except ValueError as err:
             raise ValueError(f"{self.name}: {err}") from None
         return resize_norm * norm_factor * backbone_bound
@@ -293,8 +299,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     for _ in range(3):  # checkpoints nest at most a couple of levels
         if isinstance(obj, dict) and not _is_tensor_dict(obj):
             inner = next(
-                (obj[k] for k in ("state_dict", "model", "model_state_dict", "module")
-                 if isinstance(obj.get(k), dict)),
+                (
+                    obj[k]
+                    for k in ("state_dict", "model", "model_state_dict", "module")
+                    if isinstance(obj.get(k), dict)
+                ),
                 None,
             )
             if inner is None:
@@ -308,7 +317,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     state = dict(obj)
     for prefix in ("module.", "_orig_mod.", "backbone."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -349,8 +358,11 @@ def load_backbone_weights(
     )
     if missing or unexpected or mismatched:
         parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected),
-                             ("shape mismatch", mismatched)):
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        ):
             if items:
                 more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
@@ -363,7 +375,7 @@ def load_backbone_weights(
 
 
 def torchvision_weights_path(url: str) -> Path:
-    """Where torch hub keeps the file downloaded from ``url``: <torch.hub.get_dir()>/checkpoints/."""
+    """Where torch hub keeps the file from ``url``: <torch.hub.get_dir()>/checkpoints/<name>."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
@@ -394,7 +406,14 @@ def _resolve_torchvision_weights(
                     "encoder.weights=/path/to/file.pth, or weights=random for a smoke test."
                 )
             return member, path
-    return None, Path(weights).expanduser()
+    path = Path(weights).expanduser()
+    if not path.exists() and isinstance(weights, str) and not any(c in weights for c in "/\\."):
+        raise FileNotFoundError(
+            f"{name}: weights={weights!r} is neither an existing file nor a known name; use "
+            f"'default', one of {sorted(enum_cls.__members__)}, 'random', or a path "
+            "(encoder.weights=/path/to/file.pth)"
+        )
+    return None, path
 
 
 def _as_hw(size: int | Sequence[int] | None, what: str) -> tuple[int, int]:
@@ -498,8 +517,12 @@ def resnet50(
         device: where the module lives.
     """
     return _torchvision_resnet(
-        "resnet50", weights=weights, lipschitz=lipschitz, image_size=image_size,
-        source_size=source_size, device=device,
+        "resnet50",
+        weights=weights,
+        lipschitz=lipschitz,
+        image_size=image_size,
+        source_size=source_size,
+        device=device,
     )
 
 
@@ -516,8 +539,12 @@ def resnet18(
     Same arguments as :func:`resnet50` (DEFAULT weights = IMAGENET1K_V1).
     """
     return _torchvision_resnet(
-        "resnet18", weights=weights, lipschitz=lipschitz, image_size=image_size,
-        source_size=source_size, device=device,
+        "resnet18",
+        weights=weights,
+        lipschitz=lipschitz,
+        image_size=image_size,
+        source_size=source_size,
+        device=device,
     )
 
 
@@ -569,7 +596,10 @@ def vit(
     backbone.heads = nn.Identity()
     if path is not None:
         load_backbone_weights(
-            backbone, read_state_dict(path), name=name, source=str(path),
+            backbone,
+            read_state_dict(path),
+            name=name,
+            source=str(path),
             head_prefixes=("heads.",),
         )
     encoder = PretrainedEncoder(
@@ -677,8 +707,15 @@ def clip(
         with torch.no_grad():
             latent_dim = int(visual(torch.zeros(1, 3, *size)).shape[-1])
     encoder = PretrainedEncoder(
-        visual, name=name, latent_dim=latent_dim, input_size=size, mean=mean, std=std,
-        weights_source={"random": "random", "file": str(path), "hub": f"open_clip:{pretrained}"}[kind],
+        visual,
+        name=name,
+        latent_dim=latent_dim,
+        input_size=size,
+        mean=mean,
+        std=std,
+        weights_source={"random": "random", "file": str(path), "hub": f"open_clip:{pretrained}"}[
+            kind
+        ],
         # Both tower kinds attend: ViT towers throughout, ModifiedResNet towers in their
         # attention pooling head.
         spectral_refusal=_ATTENTION_REFUSAL.format(name=name),
@@ -692,7 +729,7 @@ def dinov2(
     weights: str | Path | None = "default",
     allow_download: bool = False,
     lipschitz: float | None = None,
-    image_size: int | None = 224,
+    image_size: int | None = None,
     source_size: int | tuple[int, int] | None = None,
     device: torch.device | str = "cpu",
 ) -> PretrainedEncoder:
@@ -705,19 +742,20 @@ def dinov2(
         weights: a local timm weight file (.safetensors/.bin/.pth, loaded by timm through
             ``pretrained_cfg_overlay``), "default" (timm's hub weights; needs
             ``allow_download=True``), or None/"random".
-        image_size: input side, a multiple of the 14 px patch (default 224; timm resamples the
-            position embeddings of the 518 px checkpoints).  None keeps timm's native size.
+        image_size: input side, a multiple of the 14 px patch.  None means 224 (the usual
+            evaluation size; timm resamples the position embeddings of the 518 px checkpoints);
+            pass 518 for the native size.
         lipschitz: None or declared; "spectral" is refused (attention).
         source_size, device: as in :func:`resnet50`.
     """
     timm = _require("timm", "timm", "dinov2")
     name = f"dinov2:{model}"
     kind, path = _library_weights(name, weights, allow_download, "model.safetensors")
-    kwargs: dict[str, Any] = {"num_classes": 0}
-    if image_size is not None:
-        if image_size % 14:
-            raise ValueError(f"{name}: image_size must be a multiple of 14, got {image_size}")
-        kwargs["img_size"] = image_size
+    image_size = 224 if image_size is None else image_size
+    _as_hw(image_size, "image_size")
+    if image_size % 14:
+        raise ValueError(f"{name}: image_size must be a multiple of 14, got {image_size}")
+    kwargs: dict[str, Any] = {"num_classes": 0, "img_size": image_size}
     if kind == "file":
         kwargs["pretrained_cfg_overlay"] = {"file": path}
     try:
@@ -728,11 +766,14 @@ def dinov2(
             "(timm.list_models('*dinov2*')) and the weight file"
         ) from None
     cfg = dict(getattr(backbone, "pretrained_cfg", {}) or {})
-    native = tuple(cfg.get("input_size", (3, 518, 518)))[-2:]
-    size = (image_size, image_size) if image_size is not None else _as_hw(native, "input_size")
+    size = (image_size, image_size)
     encoder = PretrainedEncoder(
-        backbone, name=name, latent_dim=int(backbone.num_features), input_size=size,
-        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
+        backbone,
+        name=name,
+        latent_dim=int(backbone.num_features),
+        input_size=size,
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
         weights_source={"random": "random", "file": str(path), "hub": f"timm:{model}"}[kind],
         spectral_refusal=_ATTENTION_REFUSAL.format(name=name),
     )
@@ -800,14 +841,17 @@ def _max_singular_value(
         rayleigh = (vs.mH @ gs @ vs).real.flatten()  # unit vectors: a true lower bound
         return vs, rayleigh
 
-    v, rayleigh = iterate(g, v, power_steps)
-    lower = max(known_lower**2, float(rayleigh.max()))
     trace = torch.diagonal(g, dim1=-2, dim2=-1).real.sum(-1)
+    # Propose the level from the matrices with the largest traces (trace >= lambda_max, so the
+    # maximum is very likely among them); the Cholesky test below still checks every matrix.
+    top = trace.topk(min(len(trace), 32)).indices
+    v[top], rayleigh = iterate(g[top], v[top], power_steps)
+    lower = max(known_lower**2, float(rayleigh.max()))
     mu = lower * (1 + rtol) ** 2
-    growth = (1 + rtol) ** 2
+    rounds = 0
     while True:
-        if mu <= 0:  # every matrix is zero (or nothing was given)
-            if float(trace.max(initial=0.0) if trace.numel() else 0.0) <= 0:
+        if mu <= 0:  # no positive Rayleigh quotient: every matrix is zero, or none was given
+            if trace.numel() == 0 or float(trace.max()) <= 0:
                 return 0.0, 0.0
             mu = float(trace.max()) * 1e-12
         # trace(G) >= lambda_max, so matrices with a small trace need no certificate.
@@ -823,8 +867,10 @@ def _max_singular_value(
         v_f, rayleigh = iterate(g[failed], v[failed], power_steps)
         v[failed] = v_f
         lower = max(lower, float(rayleigh.max()))
-        mu = max(lower * (1 + rtol) ** 2, mu * growth)
-        growth = growth**2  # raise geometrically faster: the loop must end
+        rounds += 1
+        # Steps growing with the round count: the loop must end even if power iteration
+        # stalls, while early rounds overshoot the true maximum by little.
+        mu = max(lower * (1 + rtol) ** 2, mu * (1 + rtol) ** (2 * rounds))
 
 
 def matrix_norm_bound(weight: Tensor) -> float:
@@ -869,7 +915,8 @@ def conv2d_norm_bound(
     stride-1 circular convolution on the (N/s)-grid with C_in * s_h * s_w input channels, which
     the 2-D DFT block-diagonalises.  Hence ||T|| = max over grid frequencies (u, v) of the top
     singular value of K(u, v)[o, (c, r_h, r_w)] = sum over taps with those residues of
-    w[o, c, a, b] exp(-2 pi i (u q_a / M_h + v q_b / M_w)), computed exactly in float64.
+    w[o, c, a, b] exp(-2 pi i (u q_a / M_h + v q_b / M_w)), bounded from above within ~1e-4
+    by :func:`_max_singular_value` (float64).
     Frequencies with v > M_w / 2 are complex conjugates of others (same singular values) and
     are skipped; grouped convolutions are block-diagonal, so the max over groups is taken.
     """
@@ -889,11 +936,15 @@ def conv2d_norm_bound(
         # A kernel whose taps all fall on one polyphase position does not depend on the
         # frequency along this axis (1x1 convolutions collapse to a matrix norm).
         m = 1 if all(t // s == 0 for t in offsets) else -(-n // s)
-        freqs = torch.arange(m if n_freq is None else m // 2 + 1, dtype=torch.float64,
-                             device=w.device)
+        freqs = torch.arange(
+            m if n_freq is None else m // 2 + 1, dtype=torch.float64, device=w.device
+        )
         phase = torch.exp(torch.outer(freqs, q) * (-2j * math.pi / m))  # (U, k)
-        mask = torch.tensor([[t % s == r for t in offsets] for r in residues],
-                            dtype=torch.complex128, device=w.device)  # (R, k)
+        mask = torch.tensor(
+            [[t % s == r for t in offsets] for r in residues],
+            dtype=torch.complex128,
+            device=w.device,
+        )  # (R, k)
         return phase[:, None, :] * mask[None, :, :]
 
     fh = axis_transform(0, kh, None)
@@ -902,7 +953,7 @@ def conv2d_norm_bound(
     chunk = max(1, _MAX_TRANSFORM_ELEMENTS // per_u)
     upper, lower = 0.0, 0.0
     for start in range(0, fh.shape[0], chunk):
-        part = torch.einsum("upa,vqb,goiab->uvgoipq", fh[start:start + chunk], fw, w)
+        part = torch.einsum("upa,vqb,goiab->uvgoipq", fh[start : start + chunk], fw, w)
         part = part.reshape(*part.shape[:4], -1)  # (..., C_out/g, C_in/g * R_h * R_w)
         up, low = _max_singular_value(part, known_lower=lower)
         upper, lower = max(upper, up), max(lower, low)
@@ -923,7 +974,8 @@ def _bn_scale(bn: nn.modules.batchnorm._BatchNorm) -> Tensor:
 
 
 def _separable_linear_norm(op: Callable[[Tensor, bool], Tensor], hw: tuple[int, int]) -> float:
-    """Exact norm of a separable linear map on (C, H, W) images: ||A_H|| * ||A_W||.
+    """Norm of a separable linear map on (C, H, W) images: ||A_H|| * ||A_W|| (an upper bound,
+    within ~1e-4).
 
     ``op(x, along_h)`` applies the map along one spatial dimension to a float64 batch; feeding
     it the identity basis (n, 1, n, 1) or (n, 1, 1, n) yields the 1-D matrix column by column.
@@ -960,8 +1012,9 @@ def _avgpool_norm(m: nn.AvgPool2d, hw: tuple[int, int]) -> float:
 
     def op(x: Tensor, along_h: bool) -> Tensor:
         k, s, p = ((kh, 1), (sh, 1), (ph, 0)) if along_h else ((1, kw), (1, sw), (0, pw))
-        return F.avg_pool2d(x, k, s, p, ceil_mode=m.ceil_mode,
-                            count_include_pad=m.count_include_pad)
+        return F.avg_pool2d(
+            x, k, s, p, ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad
+        )
 
     return _separable_linear_norm(op, hw)
 
@@ -1000,8 +1053,19 @@ def _maxpool_norm(m: nn.MaxPool2d, hw: tuple[int, int], out_hw: tuple[int, int])
 
 def _resnet_chain(m: nn.Module) -> list[nn.Module]:
     # Mirrors torchvision.models.ResNet._forward_impl.
-    return [m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4,
-            m.avgpool, nn.Flatten(1), m.fc]
+    return [
+        m.conv1,
+        m.bn1,
+        m.relu,
+        m.maxpool,
+        m.layer1,
+        m.layer2,
+        m.layer3,
+        m.layer4,
+        m.avgpool,
+        nn.Flatten(1),
+        m.fc,
+    ]
 
 
 def _block_parts(m: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
@@ -1025,7 +1089,9 @@ def _output_shape(modules: Sequence[nn.Module], shape: tuple[int, ...], device) 
 _ONE_LIPSCHITZ = (nn.ReLU, nn.Identity, nn.Flatten, nn.Dropout, nn.ReLU6)
 
 
-def _chain_bound(modules: Sequence[nn.Module], shape: tuple[int, ...], device) -> tuple[float, tuple]:
+def _chain_bound(
+    modules: Sequence[nn.Module], shape: tuple[int, ...], device
+) -> tuple[float, tuple]:
     """Bound for modules applied in sequence: the product of the per-module bounds."""
     total, i = 1.0, 0
     mods = list(modules)
@@ -1045,7 +1111,7 @@ def _chain_bound(modules: Sequence[nn.Module], shape: tuple[int, ...], device) -
             shape, i = shape_out, i + 1
             continue
         total *= bound
-        shape = _output_shape(mods[i:i + used], shape, device)
+        shape = _output_shape(mods[i : i + used], shape, device)
         i += used
     return total, shape
 
@@ -1059,8 +1125,14 @@ def _conv_bound(m: nn.Conv2d, shape: tuple[int, ...], out_scale: Tensor | None, 
     if len(shape) != 3:
         raise ValueError(f"Conv2d expects (C, H, W) inputs, got shape {shape}")
     return conv2d_norm_bound(
-        m.weight, (shape[1], shape[2]), stride=m.stride, padding=m.padding, dilation=m.dilation,
-        groups=m.groups, out_scale=out_scale, device=device,
+        m.weight,
+        (shape[1], shape[2]),
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=m.groups,
+        out_scale=out_scale,
+        device=device,
     )
 
 
@@ -1126,7 +1198,8 @@ def spectral_lipschitz(
     """
     if device is None:
         device = _module_device(module)
-    if any(sub.training for sub in module.modules()):
+    batch_dependent = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    if any(isinstance(sub, batch_dependent) and sub.training for sub in module.modules()):
         raise ValueError(
             f"{type(module).__name__} is in training mode; call .eval() first (BatchNorm and "
             "Dropout are only fixed maps in eval mode)"

@@ -1,0 +1,29 @@
+"""Published certified accuracies (THEORY.md section 8), for tables side by side.
+
+Cohen, Rosenfeld, Kolter (2019), "Certified Adversarial Robustness via Randomized Smoothing":
+CIFAR-10 ResNet-110 and ImageNet ResNet-50, l2 radii in [0, 1] pixel units.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+COHEN_2019 = {
+    ("cifar10", 0.25): {0.0: 0.748, 0.25: 0.600, 0.5: 0.428, 0.75: 0.266, 1.0: 0.0},
+    ("cifar10", 0.5): {0.0: 0.652, 0.25: 0.546, 0.5: 0.414, 0.75: 0.320, 1.0: 0.234},
+    ("imagenet", 0.25): {0.0: 0.67, 0.5: 0.49, 1.0: 0.0, 1.5: 0.0, 2.0: 0.0},
+    ("imagenet", 0.5): {0.0: 0.57, 0.5: 0.46, 1.0: 0.37, 1.5: 0.29, 2.0: 0.0},
+    ("imagenet", 1.0): {0.0: 0.44, 0.5: 0.38, 1.0: 0.33, 1.5: 0.26, 2.0: 0.19},
+}
+METHOD = "cohen2019_published"
+
+
+def published_rows(dataset: str, sigma: float) -> pd.DataFrame:
+    """Rows in the certified_accuracy.csv layout for the published numbers, or an empty frame."""
+    numbers = COHEN_2019.get((dataset, float(sigma)))
+    if numbers is None:
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "method": METHOD, "norm": "l2", "space": "input", "radius": list(numbers),
+        "certified_accuracy": list(numbers.values()),
+    })
