@@ -90,7 +90,7 @@ def _merged_table(group: list[RunFolder]) -> pd.DataFrame:
         # Columns computed from Q or eps, not from test points, are the same in every part.
         for extra in first.columns.difference(table.columns):
             table[extra] = rows[extra].to_numpy()
-        tables.append(table)
+        tables.append(table[first.columns])
     return pd.concat(tables, ignore_index=True)
 
 

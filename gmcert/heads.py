@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 
@@ -42,13 +44,20 @@ class MixtureHead(nn.Module):
 
 
 class LinearProbeHead(nn.Module):
-    """Multinomial logistic regression on the latents: the standard linear-probe baseline."""
+    """Multinomial logistic regression on the latents: the standard linear-probe baseline.
 
-    def __init__(self, probe: LogisticRegression):
+    The probe is fitted on standardised latents (for the solver's conditioning); the scaler is
+    folded into the weights, so the head is one affine map of the raw latents.
+    """
+
+    def __init__(self, probe: Pipeline):
         super().__init__()
-        self.register_buffer("weight", torch.as_tensor(probe.coef_, dtype=torch.float32))
-        self.register_buffer("bias", torch.as_tensor(probe.intercept_, dtype=torch.float32))
-        self.classes = probe.classes_
+        scaler, logistic = probe.named_steps["scale"], probe.named_steps["logistic"]
+        weight = logistic.coef_ / scaler.scale_
+        bias = logistic.intercept_ - weight @ scaler.mean_
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
+        self.classes = logistic.classes_
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         scores = torch.addmm(self.bias, z.float(), self.weight.T)
@@ -58,14 +67,14 @@ class LinearProbeHead(nn.Module):
 
 
 def fit_linear_probe(Z_train, y_train, *, seed: int, C_grid=(0.01, 0.1, 1.0, 10.0),
-                     holdout_fraction: float = 0.2) -> LogisticRegression:
-    """Logistic regression with C chosen on a held-out split of train, never on test, then
-    refitted on all of train. Features are used as extracted (no rescaling), so the probe is
-    a plain linear map of the latents."""
+                     holdout_fraction: float = 0.2) -> Pipeline:
+    """Standardise + logistic regression, with C chosen on a held-out split of train (never on
+    test), then refitted on all of train."""
     Z = np.asarray(Z_train, np.float64)
 
     def probe(C):
-        return LogisticRegression(C=C, max_iter=2000, random_state=seed)
+        return Pipeline([("scale", StandardScaler()),
+                         ("logistic", LogisticRegression(C=C, max_iter=1000, random_state=seed))])
 
     try:
         fit_idx, val_idx = train_test_split(np.arange(len(y_train)), test_size=holdout_fraction,
