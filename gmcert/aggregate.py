@@ -49,8 +49,13 @@ def inspect_run(path: Path) -> RunFolder:
     config_file = path / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
     stamp = path / "run_fingerprint.txt"
-    run = RunFolder(path, _overrides_name(path), "complete", config=config or {},
-                    fingerprint=stamp.read_text().strip() if stamp.exists() else None)
+    run = RunFolder(
+        path,
+        _overrides_name(path),
+        "complete",
+        config=config or {},
+        fingerprint=stamp.read_text().strip() if stamp.exists() else None,
+    )
     failed = path / "failed.json"
     if failed.exists():
         run.status, run.reason = "failed", json.loads(failed.read_text()).get("error", "")
@@ -81,9 +86,12 @@ def _merged_table(group: list[RunFolder]) -> pd.DataFrame:
     tables = []
     for (method, norm, space), rows in first.groupby(["method", "norm", "space"], sort=False):
         preds = predictions[predictions["method"] == method]
-        table = certified_accuracy(preds["correct"].to_numpy(bool),
-                                   preds[f"radius_{space}"].to_numpy(), rows["radius"].to_numpy(),
-                                   alpha=certify.get("ci_alpha", 0.05))
+        table = certified_accuracy(
+            preds["correct"].to_numpy(bool),
+            preds[f"radius_{space}"].to_numpy(),
+            rows["radius"].to_numpy(),
+            alpha=certify.get("ci_alpha", 0.05),
+        )
         table.insert(0, "method", method)
         table.insert(1, "norm", norm)
         table.insert(2, "space", space)
@@ -141,26 +149,35 @@ def eps_table(runs: list[RunFolder]) -> pd.DataFrame:
 
 def wide_table(combined: pd.DataFrame) -> pd.DataFrame:
     """Rows = run / method, columns = radii: the layout of the literature's tables."""
-    wide = combined.pivot_table(index=["run", "method"], columns="radius",
-                                values="certified_accuracy", sort=False)
+    wide = combined.pivot_table(
+        index=["run", "method"], columns="radius", values="certified_accuracy", sort=False
+    )
     wide.columns = [f"{r:g}" for r in wide.columns]
     return wide
 
 
 def _marked(wide: pd.DataFrame, bold) -> pd.DataFrame:
     best = wide.max(axis=0)
-    return wide.apply(lambda col: [bold(f"{v:.3f}") if v == best[col.name] and v > 0
-                                   else ("" if np.isnan(v) else f"{v:.3f}") for v in col])
+    return wide.apply(
+        lambda col: [
+            bold(f"{v:.3f}")
+            if v == best[col.name] and v > 0
+            else ("" if np.isnan(v) else f"{v:.3f}")
+            for v in col
+        ]
+    )
 
 
 def markdown(frame: pd.DataFrame) -> str:
     """A pipe table; floats to 4 significant digits."""
+
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
-             "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -176,9 +193,12 @@ def to_latex(wide: pd.DataFrame) -> str:
 
     marked = _marked(wide, lambda s: rf"\textbf{{{s}}}")
     cols = "ll" + "c" * len(marked.columns)
-    lines = [rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-             "run & method & " + " & ".join(f"$r = {c}$" for c in marked.columns) + r" \\",
-             r"\midrule"]
+    lines = [
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        "run & method & " + " & ".join(f"$r = {c}$" for c in marked.columns) + r" \\",
+        r"\midrule",
+    ]
     for (run, method), row in marked.iterrows():
         lines.append(f"{esc(run)} & {esc(method)} & " + " & ".join(row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -193,16 +213,25 @@ def plot_runs(combined: pd.DataFrame, path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for (run, method), rows in combined.groupby(["run", "method"], sort=False):
-        (line,) = ax.plot(rows["radius"], rows["certified_accuracy"], marker="o", markersize=3,
-                          label=f"{run}: {method}")
+        (line,) = ax.plot(
+            rows["radius"],
+            rows["certified_accuracy"],
+            marker="o",
+            markersize=3,
+            label=f"{run}: {method}",
+        )
         if rows["ci_low"].notna().any():
             ax.fill_between(rows["radius"], rows["ci_low"], rows["ci_high"], alpha=0.12)
         for column, style in (("population_Q", "--"), ("ceiling_Q", "-.")):
             if column in rows and rows[column].notna().any():
                 ax.plot(rows["radius"], rows[column], style, color=line.get_color(), alpha=0.7)
     spaces = ", ".join(sorted(set(combined["norm"] + " " + combined["space"])))
-    ax.set(xlabel=f"radius ({spaces})", ylabel="certified accuracy", ylim=(0, 1.02),
-           title="solid: measured; dashed: CA under Q; dash-dot: ceiling under Q")
+    ax.set(
+        xlabel=f"radius ({spaces})",
+        ylabel="certified accuracy",
+        ylim=(0, 1.02),
+        title="solid: measured; dashed: CA under Q; dash-dot: ceiling under Q",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper right")
     fig.tight_layout()
@@ -215,9 +244,13 @@ def report(dirs, out_dir) -> dict:
     runs = find_runs(dirs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    status = pd.DataFrame([{"run": r.name, "status": r.status, "reason": r.reason,
-                            "folder": str(r.path)} for r in runs],
-                          columns=["run", "status", "reason", "folder"])
+    status = pd.DataFrame(
+        [
+            {"run": r.name, "status": r.status, "reason": r.reason, "folder": str(r.path)}
+            for r in runs
+        ],
+        columns=["run", "status", "reason", "folder"],
+    )
     write_csv(out / "runs.csv", status)
     combined = combine(runs)
     eps = eps_table(runs)
@@ -236,7 +269,7 @@ def report(dirs, out_dir) -> dict:
 def report_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="gmcert-report",
-        description="Combine gmcert run folders (or whole multirun folders) into one table and plot.",
+        description="Combine run folders (or multirun folders) into one table and plot.",
     )
     parser.add_argument("dirs", nargs="+", help="run folders or folders that contain them")
     parser.add_argument("--out", help="where to write (default: outputs/report/<date>)")

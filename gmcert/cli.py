@@ -47,14 +47,18 @@ def run_job(cfg: DictConfig) -> dict | None:
     print(f"interval: one-sided Clopper-Pearson bounds, each at level {cfg.certify.ci_alpha}")
     for name, summary in metrics["methods"].items():
         if "radius_cap" in summary:
-            print(f"{name}: sigma={summary['sigma']}, n={summary['n']}, alpha={summary['alpha']}: "
-                  f"radius cap {summary['radius_cap']:.3f} (a cap, not a result; "
-                  f"{summary['at_cap']:.1%} of points at it)")
+            print(
+                f"{name}: sigma={summary['sigma']}, n={summary['n']}, alpha={summary['alpha']}: "
+                f"radius cap {summary['radius_cap']:.3f} (a cap, not a result; "
+                f"{summary['at_cap']:.1%} of points at it)"
+            )
     divergence = metrics.get("divergence") or {}
     if "eps_used" in divergence:
-        print(f"eps = KL(P || Q): {divergence['eps_used']:.4g} ({divergence['eps_source']}"
-              + (f", from {divergence['from_estimator']}" if "from_estimator" in divergence else "")
-              + f"); {divergence['verdict']}")
+        print(
+            f"eps = KL(P || Q): {divergence['eps_used']:.4g} ({divergence['eps_source']}"
+            + (f", from {divergence['from_estimator']}" if "from_estimator" in divergence else "")
+            + f"); {divergence['verdict']}"
+        )
     print(f"wrote {out_dir}")
     return metrics
 

@@ -28,8 +28,9 @@ def eps_from_estimates(estimates: dict) -> dict:
     return {"eps_hat": point, "eps_upper": max(upper, point), "from_estimator": worst}
 
 
-def add_bound_columns(table: pd.DataFrame, *, population_low, eps: float,
-                      eps_upper: float | None = None) -> pd.DataFrame:
+def add_bound_columns(
+    table: pd.DataFrame, *, population_low, eps: float, eps_upper: float | None = None
+) -> pd.DataFrame:
     """Bound columns on the rows that have CA under Q (``population_low`` aligned with them).
 
     ``population_low`` is the lower Clopper-Pearson end of the Monte Carlo CA_Q, so the bound
@@ -52,8 +53,9 @@ def add_bound_columns(table: pd.DataFrame, *, population_low, eps: float,
         table["bound_at_eps_upper"] = np.nan
         table.loc[rows, "bound_at_eps_upper"] = kl_inverse_lower(q, eps_upper)
     table["above_bound"] = pd.Series(pd.NA, index=table.index, dtype="boolean")
-    table.loc[rows, "above_bound"] = (table.loc[rows, "ci_high"] >= table.loc[rows, "bound_at_eps"]
-                                      - 1e-12)
+    table.loc[rows, "above_bound"] = (
+        table.loc[rows, "ci_high"] >= table.loc[rows, "bound_at_eps"] - 1e-12
+    )
     return table
 
 

@@ -36,8 +36,9 @@ def average_certified_radius(correct, radii) -> float:
     return float(np.where(correct, np.asarray(radii, np.float64), 0.0).mean())
 
 
-def population_certified_accuracy(mixture, certifier, radii, *, samples: int, alpha: float,
-                                  seed: int, batch_size: int = 65536) -> pd.DataFrame:
+def population_certified_accuracy(
+    mixture, certifier, radii, *, samples: int, alpha: float, seed: int, batch_size: int = 65536
+) -> pd.DataFrame:
     """CA_Q(rho) by Monte Carlo: draw (z, y) from the fitted mixture Q and certify each draw.
 
     ``radii`` are in the certifier's latent units. The interval is Clopper-Pearson over the

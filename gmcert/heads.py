@@ -31,8 +31,9 @@ class MixtureHead(nn.Module):
             chol = np.linalg.cholesky(mixture.class_precisions())
             self.register_buffer("chol", torch.as_tensor(chol, dtype=torch.float32))
             self.register_buffer("means", torch.as_tensor(mixture.means_, dtype=torch.float32))
-            self.register_buffer("log_weights",
-                                 torch.as_tensor(mixture.log_weights_, dtype=torch.float32))
+            self.register_buffer(
+                "log_weights", torch.as_tensor(mixture.log_weights_, dtype=torch.float32)
+            )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = z.float()
@@ -66,21 +67,29 @@ class LinearProbeHead(nn.Module):
         return scores
 
 
-def fit_linear_probe(Z_train, y_train, *, seed: int, C_grid=(0.01, 0.1, 1.0, 10.0),
-                     holdout_fraction: float = 0.2) -> Pipeline:
+def fit_linear_probe(
+    Z_train, y_train, *, seed: int, C_grid=(0.01, 0.1, 1.0, 10.0), holdout_fraction: float = 0.2
+) -> Pipeline:
     """Standardise + logistic regression, with C chosen on a held-out split of train (never on
     test), then refitted on all of train."""
     Z = np.asarray(Z_train, np.float64)
 
     def probe(C):
-        return Pipeline([("scale", StandardScaler()),
-                         ("logistic", LogisticRegression(C=C, max_iter=1000, random_state=seed))])
+        return Pipeline(
+            [
+                ("scale", StandardScaler()),
+                ("logistic", LogisticRegression(C=C, max_iter=1000, random_state=seed)),
+            ]
+        )
 
     try:
-        fit_idx, val_idx = train_test_split(np.arange(len(y_train)), test_size=holdout_fraction,
-                                            stratify=y_train, random_state=seed)
+        fit_idx, val_idx = train_test_split(
+            np.arange(len(y_train)), test_size=holdout_fraction, stratify=y_train, random_state=seed
+        )
     except ValueError:  # too few samples per class to hold any out: keep the default C = 1
         return probe(1.0).fit(Z, y_train)
-    scores = [probe(C).fit(Z[fit_idx], y_train[fit_idx]).score(Z[val_idx], y_train[val_idx])
-              for C in C_grid]
+    scores = [
+        probe(C).fit(Z[fit_idx], y_train[fit_idx]).score(Z[val_idx], y_train[val_idx])
+        for C in C_grid
+    ]
     return probe(C_grid[int(np.argmax(scores))]).fit(Z, y_train)

@@ -73,7 +73,13 @@ class PredictionLog:
     """
 
     COLUMNS = [
-        "method", "index", "label", "predict", "radius_latent", "radius_input", "correct",
+        "method",
+        "index",
+        "label",
+        "predict",
+        "radius_latent",
+        "radius_input",
+        "correct",
         "seconds",
     ]
 

@@ -14,24 +14,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from omegaconf import DictConfig, OmegaConf
+from scipy import stats
 from tqdm.auto import tqdm
 
+from gmcert.bounds import kl_inverse_lower
 from gmcert.certify import CertifyContext, build_method
 from gmcert.certify.latent import NORMS, resolve_device
 from gmcert.data import LabelledData, build_dataset
-from gmcert.bounds import kl_inverse_lower
 from gmcert.degradation import add_bound_columns, eps_from_estimates, sensitivity_curves
 from gmcert.divergence import estimate_eps, gaussianity_tests
 from gmcert.encoders import PRETRAINED, build_encoder
-from gmcert.evaluate import average_certified_radius, certified_accuracy, population_certified_accuracy
+from gmcert.evaluate import (
+    average_certified_radius,
+    certified_accuracy,
+    population_certified_accuracy,
+)
 from gmcert.features import cached, extract_features, file_digest
 from gmcert.io import PredictionLog, write_csv, write_json
 from gmcert.mixture import GaussianMixtureClassifier
 from gmcert.reference import published_rows
-from gmcert.robust import pairwise_robust_accuracy_ceiling
 from gmcert.report import plot_certified_accuracy, plot_eps_sensitivity
+from gmcert.robust import pairwise_robust_accuracy_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,9 @@ def check_certify_options(certify) -> None:
     if certify.norm not in NORMS:
         raise ValueError(f"certify.norm must be one of {NORMS}, got {certify.norm!r}")
     if any(r < 0 for r in certify.radii) or not certify.radii:
-        raise ValueError(f"certify.radii must be a non-empty list of radii >= 0, got {list(certify.radii)}")
+        raise ValueError(
+            f"certify.radii must be a non-empty list of radii >= 0, got {list(certify.radii)}"
+        )
     if not 0 < certify.ci_alpha < 1:
         raise ValueError(f"certify.ci_alpha must lie in (0, 1), got {certify.ci_alpha}")
     if certify.batch_size < 1:
@@ -73,7 +79,8 @@ def check_certify_options(certify) -> None:
         )
     if not 0 <= certify.shard < certify.shards:
         raise ValueError(
-            f"certify.shard must be in 0..shards-1, got shard={certify.shard}, shards={certify.shards}"
+            f"certify.shard must be in 0..shards-1, got shard={certify.shard}, "
+            f"shards={certify.shards}"
         )
 
 
@@ -106,13 +113,16 @@ def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool):
         split = getattr(data, split_name)
 
         def compute(split=split, split_name=split_name):
-            z = extract_features(encoder, split.inputs, device=device,
-                                 desc=f"encode {split_name}", **extraction)
+            z = extract_features(
+                encoder, split.inputs, device=device, desc=f"encode {split_name}", **extraction
+            )
             return z, split.labels
 
         (z, labels), hits[split_name] = cached(
             {**material, "split": split_name, "indices": _array_digest(split.indices)},
-            compute, cache_dir=cache_dir, force=force,
+            compute,
+            cache_dir=cache_dir,
+            force=force,
         )
         if not np.array_equal(labels, split.labels):
             raise ValueError(f"cached labels for the {split_name} split do not match the data")
@@ -138,8 +148,9 @@ def fit_mixture(Z_train, y_train, mixture_cfg, *, seed: int) -> GaussianMixtureC
     if robust_radius is not None:
         from gmcert.robust_fit import fit_robust_mixture
 
-        return fit_robust_mixture(mixture, Z_train, y_train, radius=robust_radius,
-                                  holdout_fraction=holdout, seed=seed)
+        return fit_robust_mixture(
+            mixture, Z_train, y_train, radius=robust_radius, holdout_fraction=holdout, seed=seed
+        )
     return mixture.fit(Z_train, y_train)
 
 
@@ -181,26 +192,39 @@ def certify_all(method, log_: PredictionLog, positions, data: LabelledData) -> N
     done = log_.done(method.name)
     todo = np.array([p for p in positions if int(data.test.indices[p]) not in done], dtype=int)
     if len(todo) < len(positions):
-        log.info("%s: resuming, %d of %d points already certified", method.name,
-                 len(positions) - len(todo), len(positions))
+        log.info(
+            "%s: resuming, %d of %d points already certified",
+            method.name,
+            len(positions) - len(todo),
+            len(positions),
+        )
     chunk = getattr(method, "chunk_size", 4096)
-    for start in tqdm(range(0, len(todo), chunk), desc=f"certify {method.name}", unit="chunk",
-                      leave=False, disable=len(todo) <= chunk):
+    for start in tqdm(
+        range(0, len(todo), chunk),
+        desc=f"certify {method.name}",
+        unit="chunk",
+        leave=False,
+        disable=len(todo) <= chunk,
+    ):
         rows = todo[start : start + chunk]
         t0 = time.perf_counter()
         result = method.certify(rows)
         seconds = (time.perf_counter() - t0) / len(rows)
         labels = data.test.labels[rows]
-        log_.append(pd.DataFrame({
-            "method": method.name,
-            "index": data.test.indices[rows],
-            "label": labels,
-            "predict": result.predict,
-            "radius_latent": result.radius_latent,
-            "radius_input": result.radius_input,
-            "correct": result.predict == labels,
-            "seconds": seconds,
-        }))
+        log_.append(
+            pd.DataFrame(
+                {
+                    "method": method.name,
+                    "index": data.test.indices[rows],
+                    "label": labels,
+                    "predict": result.predict,
+                    "radius_latent": result.radius_latent,
+                    "radius_input": result.radius_input,
+                    "correct": result.predict == labels,
+                    "seconds": seconds,
+                }
+            )
+        )
 
 
 def evaluate(predictions: pd.DataFrame, methods, *, radii, norm: str, alpha: float):
@@ -227,9 +251,14 @@ def evaluate(predictions: pd.DataFrame, methods, *, radii, norm: str, alpha: flo
         }
         if hasattr(method, "cap"):
             # The largest radius CERTIFY can return (nA = n): a cap, not a measurement.
-            summary[method.name].update(radius_cap=method.cap, sigma=method.smoothed.sigma,
-                                        n=method.n, n0=method.n0, alpha=method.alpha,
-                                        at_cap=float((radius >= method.cap * (1 - 1e-9)).mean()))
+            summary[method.name].update(
+                radius_cap=method.cap,
+                sigma=method.smoothed.sigma,
+                n=method.n,
+                n0=method.n0,
+                alpha=method.alpha,
+                at_cap=float((radius >= method.cap * (1 - 1e-9)).mean()),
+            )
     return pd.concat(tables, ignore_index=True), summary
 
 
@@ -254,10 +283,20 @@ def run(cfg: DictConfig) -> dict:
 
     positions = certify_positions(len(data.test), cfg.certify)
     ctx = CertifyContext(
-        mixture=mixture, test_latents=Z_test, device=device, lipschitz=encoder.lipschitz,
-        norm=cfg.certify.norm, batch_size=cfg.certify.batch_size, dtype=cfg.certify.dtype,
-        extra={"encoder": encoder, "data": data, "train_latents": Z_train,
-               "options": cfg.certify, "seed": cfg.seed},
+        mixture=mixture,
+        test_latents=Z_test,
+        device=device,
+        lipschitz=encoder.lipschitz,
+        norm=cfg.certify.norm,
+        batch_size=cfg.certify.batch_size,
+        dtype=cfg.certify.dtype,
+        extra={
+            "encoder": encoder,
+            "data": data,
+            "train_latents": Z_train,
+            "options": cfg.certify,
+            "seed": cfg.seed,
+        },
     )
     methods = [build_method(name, ctx) for name in cfg.certify.methods]
     predictions_log = open_prediction_log(out_dir, _run_fingerprint(cfg))
@@ -268,24 +307,43 @@ def run(cfg: DictConfig) -> dict:
     with timer("evaluate"):
         predictions = predictions_log.read()
         predictions = predictions[predictions["index"].isin(data.test.indices[positions])]
-        table, summary = evaluate(predictions, methods, radii=list(cfg.certify.radii),
-                                  norm=cfg.certify.norm, alpha=cfg.certify.ci_alpha)
+        table, summary = evaluate(
+            predictions,
+            methods,
+            radii=list(cfg.certify.radii),
+            norm=cfg.certify.norm,
+            alpha=cfg.certify.ci_alpha,
+        )
         population = _population_column(table, methods, encoder.lipschitz, cfg)
         if any(m.name.startswith("smoothing") for m in methods):
-            table = pd.concat([table, published_rows(data.name, cfg.certify.sigma)],
-                              ignore_index=True)
+            table = pd.concat(
+                [table, published_rows(data.name, cfg.certify.sigma)], ignore_index=True
+            )
     divergence = None
     if cfg.divergence.enabled or cfg.divergence.eps is not None:
         with timer("divergence"):
             # The data's exact law is the latent law only when the encoder is the identity.
             truth = data.truth if cfg.encoder.name == "identity" else None
-            divergence = degradation_stage(table, population, mixture, Z_test, data.test.labels,
-                                           cfg.divergence, out_dir=out_dir, seed=cfg.seed,
-                                           device=device, truth=truth)
+            divergence = degradation_stage(
+                table,
+                population,
+                mixture,
+                Z_test,
+                data.test.labels,
+                cfg.divergence,
+                out_dir=out_dir,
+                seed=cfg.seed,
+                device=device,
+                truth=truth,
+            )
 
     write_csv(out_dir / "certified_accuracy.csv", table)
-    plot_certified_accuracy(predictions, table, out_dir / "certified_accuracy.png",
-                            title=f"{data.name} / {cfg.encoder.name} / {mixture.covariance}")
+    plot_certified_accuracy(
+        predictions,
+        table,
+        out_dir / "certified_accuracy.png",
+        title=f"{data.name} / {cfg.encoder.name} / {mixture.covariance}",
+    )
     metrics = {
         "dataset": data.name,
         "encoder": cfg.encoder.name,
@@ -299,14 +357,18 @@ def run(cfg: DictConfig) -> dict:
         "lipschitz": encoder.lipschitz,
         "radius_units": _radius_units(encoder.lipschitz),
         "methods": summary,
-        "mixture": {"shrinkage": np.asarray(mixture.shrinkage_).tolist(),
-                    "train_accuracy": float((mixture.predict(Z_train) == data.train.labels).mean())},
+        "mixture": {
+            "shrinkage": np.asarray(mixture.shrinkage_).tolist(),
+            "train_accuracy": float((mixture.predict(Z_train) == data.train.labels).mean()),
+        },
         "population_Q": population,
         "divergence": divergence,
         "cache_hits": cache_hits,
         "stage_seconds": timer.seconds,
         "throughput": {
-            "certify_points_per_second": len(positions) * len(methods) / max(timer.seconds["certify"], 1e-9),
+            "certify_points_per_second": len(positions)
+            * len(methods)
+            / max(timer.seconds["certify"], 1e-9),
         },
         "device": _device_name(device),
         "versions": _versions(),
@@ -326,22 +388,35 @@ def _population_column(table, methods, lipschitz, cfg) -> dict | None:
     rows = table["method"] == "closed_form"
     scale = lipschitz if table.loc[rows, "space"].iloc[0] == "input" else 1.0
     mc = population_certified_accuracy(
-        closed[0].ctx.mixture, closed[0].certifier, table.loc[rows, "radius"].to_numpy() * scale,
-        samples=cfg.certify.population_samples, alpha=cfg.certify.ci_alpha, seed=cfg.seed,
+        closed[0].ctx.mixture,
+        closed[0].certifier,
+        table.loc[rows, "radius"].to_numpy() * scale,
+        samples=cfg.certify.population_samples,
+        alpha=cfg.certify.ci_alpha,
+        seed=cfg.seed,
     )
     table.loc[rows, "population_Q"] = mc["certified_accuracy"].to_numpy()
     mixture = closed[0].ctx.mixture
-    result = {"method": "monte_carlo", "samples": cfg.certify.population_samples,
-              "ci_low": mc["ci_low"].tolist(), "ci_high": mc["ci_high"].tolist()}
+    result = {
+        "method": "monte_carlo",
+        "samples": cfg.certify.population_samples,
+        "ci_low": mc["ci_low"].tolist(),
+        "ci_high": mc["ci_high"].tolist(),
+    }
     if mixture.is_linear_ and cfg.certify.norm == "l2":
         # The optimal robust accuracy under Q: no classifier can beat it (THEORY.md 5).
-        ceiling = [pairwise_robust_accuracy_ceiling(mixture.means_, mixture.covariances_,
-                                                    mixture.priors_, rho)
-                   for rho in table.loc[rows, "radius"].to_numpy() * scale]
+        ceiling = [
+            pairwise_robust_accuracy_ceiling(
+                mixture.means_, mixture.covariances_, mixture.priors_, rho
+            )
+            for rho in table.loc[rows, "radius"].to_numpy() * scale
+        ]
         table["ceiling_Q"] = np.nan
         table.loc[rows, "ceiling_Q"] = ceiling
-        result["ceiling"] = ("optimal robust accuracy under Q; exact for two equiprobable classes, "
-                             "a sound pairwise upper bound for K > 2 (l2, shared covariance)")
+        result["ceiling"] = (
+            "optimal robust accuracy under Q; exact for two equiprobable classes, "
+            "a sound pairwise upper bound for K > 2 (l2, shared covariance)"
+        )
     else:
         result["ceiling"] = "not available: needs a shared covariance and the l2 norm"
     return result
@@ -351,18 +426,30 @@ def estimate_stage(mixture, Z_test, y_test, div_cfg, *, seed, device) -> dict:
     """eps estimates with intervals and Gaussianity diagnostics on held-out latents."""
     codes = np.searchsorted(mixture.classes_, y_test)
     estimates = estimate_eps(
-        Z_test, codes, means=mixture.means_, covariances=mixture.class_covariances(),
-        priors=mixture.priors_, estimators=list(div_cfg.estimators), n_boot=div_cfg.n_boot,
-        alpha=div_cfg.alpha, random_state=seed, device=device,
+        Z_test,
+        codes,
+        means=mixture.means_,
+        covariances=mixture.class_covariances(),
+        priors=mixture.priors_,
+        estimators=list(div_cfg.estimators),
+        n_boot=div_cfg.n_boot,
+        alpha=div_cfg.alpha,
+        random_state=seed,
+        device=device,
         max_per_class=div_cfg.max_per_class,
     )
     lows = [v["ci_low"] for v in estimates["joint"].values() if v.get("ci_low") is not None]
-    return {"estimates": estimates, "gaussianity": gaussianity_tests(Z_test, codes),
-            "eps_ci_low": min(lows) if lows else None, **eps_from_estimates(estimates)}
+    return {
+        "estimates": estimates,
+        "gaussianity": gaussianity_tests(Z_test, codes),
+        "eps_ci_low": min(lows) if lows else None,
+        **eps_from_estimates(estimates),
+    }
 
 
-def degradation_stage(table, population, mixture, Z_test, y_test, div_cfg, *, out_dir, seed,
-                      device, truth=None) -> dict:
+def degradation_stage(
+    table, population, mixture, Z_test, y_test, div_cfg, *, out_dir, seed, device, truth=None
+) -> dict:
     """eps (estimated on the held-out test latents, or the stated budget) -> bound columns,
     the falsification check, and eps_sensitivity.png. With the data's exact law (synthetic
     data), also the true eps by Monte Carlo and each estimator's error against it."""
@@ -370,7 +457,9 @@ def degradation_stage(table, population, mixture, Z_test, y_test, div_cfg, *, ou
     eps_hat = eps_upper = interval = None
     if div_cfg.enabled:
         try:
-            result.update(estimate_stage(mixture, Z_test, y_test, div_cfg, seed=seed, device=device))
+            result.update(
+                estimate_stage(mixture, Z_test, y_test, div_cfg, seed=seed, device=device)
+            )
             eps_hat, eps_upper = result["eps_hat"], result["eps_upper"]
             interval = (result["eps_ci_low"], eps_upper)
         except ValueError as err:
@@ -387,14 +476,16 @@ def degradation_stage(table, population, mixture, Z_test, y_test, div_cfg, *, ou
         if "estimates" in result:
             result["estimator_error"] = {
                 name: v["estimate"] - result["eps_true"]["estimate"]
-                for name, v in result["estimates"]["joint"].items() if v["estimate"] is not None
+                for name, v in result["estimates"]["joint"].items()
+                if v["estimate"] is not None
             }
     eps = div_cfg.eps if div_cfg.eps is not None else eps_hat
     result["eps_used"] = eps
     result["eps_source"] = "stated budget" if div_cfg.eps is not None else "estimate"
     low = np.asarray(population["ci_low"])
-    add_bound_columns(table, population_low=low, eps=eps,
-                      eps_upper=eps_upper if div_cfg.eps is None else None)
+    add_bound_columns(
+        table, population_low=low, eps=eps, eps_upper=eps_upper if div_cfg.eps is None else None
+    )
     rows = table["population_Q"].notna()
     if truth is not None:
         # 3 standard errors above the Monte Carlo estimate: the bound at the true eps, safely.
@@ -406,16 +497,22 @@ def degradation_stage(table, population, mixture, Z_test, y_test, div_cfg, *, ou
     result["verdict"] = (
         f"measured certified accuracy is {'at or above' if above else 'BELOW'} the bound at "
         f"eps = {eps:.4g} ({result['eps_source']}) at every radius"
-        if above else
-        f"measured certified accuracy falls BELOW the bound at eps = {eps:.4g} at radii "
+        if above
+        else f"measured certified accuracy falls BELOW the bound at eps = {eps:.4g} at radii "
         f"{table.loc[rows & ~table['above_bound'].fillna(True), 'radius'].tolist()}: "
         "KL(P || Q) <= eps is falsified by these data"
     )
     log.info(result["verdict"])
     top = max(10.0, 2 * (eps_upper or eps or 0.0))
     grid = np.geomspace(1e-3, top, 200)
-    plot_eps_sensitivity(table[rows], sensitivity_curves(low, grid), grid,
-                         out_dir / "eps_sensitivity.png", eps_hat=eps, eps_interval=interval)
+    plot_eps_sensitivity(
+        table[rows],
+        sensitivity_curves(low, grid),
+        grid,
+        out_dir / "eps_sensitivity.png",
+        eps_hat=eps,
+        eps_interval=interval,
+    )
     return result
 
 
@@ -427,10 +524,15 @@ def true_kl(truth, mixture, *, samples: int, seed: int) -> dict:
     for k, cov in enumerate(mixture.class_covariances()):  # Q itself, not the robust rule
         idx = codes == k
         log_q[idx] = np.log(mixture.priors_[k]) + stats.multivariate_normal.logpdf(
-            Z[idx], mixture.means_[k], cov)
+            Z[idx], mixture.means_[k], cov
+        )
     diff = truth.log_joint(Z, y) - log_q
-    return {"estimate": float(diff.mean()), "stderr": float(diff.std(ddof=1) / np.sqrt(len(y))),
-            "samples": samples, "method": "monte_carlo from the exact data law"}
+    return {
+        "estimate": float(diff.mean()),
+        "stderr": float(diff.std(ddof=1) / np.sqrt(len(y))),
+        "samples": samples,
+        "method": "monte_carlo from the exact data law",
+    }
 
 
 def _radius_units(lipschitz) -> str:
@@ -454,18 +556,24 @@ def _versions() -> dict:
     import gmcert
 
     return {
-        "gmcert": gmcert.__version__, "python": platform.python_version(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__,
-        "pandas": pd.__version__, "hydra": hydra.__version__,
+        "gmcert": gmcert.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "sklearn": sklearn.__version__,
+        "pandas": pd.__version__,
+        "hydra": hydra.__version__,
     }
 
 
 def _git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

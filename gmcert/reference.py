@@ -23,7 +23,12 @@ def published_rows(dataset: str, sigma: float) -> pd.DataFrame:
     numbers = COHEN_2019.get((dataset, float(sigma)))
     if numbers is None:
         return pd.DataFrame()
-    return pd.DataFrame({
-        "method": METHOD, "norm": "l2", "space": "input", "radius": list(numbers),
-        "certified_accuracy": list(numbers.values()),
-    })
+    return pd.DataFrame(
+        {
+            "method": METHOD,
+            "norm": "l2",
+            "space": "input",
+            "radius": list(numbers),
+            "certified_accuracy": list(numbers.values()),
+        }
+    )

@@ -24,8 +24,14 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     published = table[~table["method"].isin(predictions["method"].unique())]
     for method, rows in published.groupby("method", sort=False):
-        ax.plot(rows["radius"], rows["certified_accuracy"], "s:", color="gray", markersize=3,
-                label=f"{method}")
+        ax.plot(
+            rows["radius"],
+            rows["certified_accuracy"],
+            "s:",
+            color="gray",
+            markersize=3,
+            label=f"{method}",
+        )
     for method, rows in predictions.groupby("method", sort=False):
         space = table.loc[table["method"] == method, "space"].iloc[0]
         radii = rows["radius_input" if space == "input" else "radius_latent"].to_numpy()
@@ -36,19 +42,43 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
         (line,) = ax.step(grid, curve, where="post", label=f"{method} ({space} radius)")
         at = table[table["method"] == method]
         ax.errorbar(
-            at["radius"], at["certified_accuracy"],
-            yerr=[at["certified_accuracy"] - at["ci_low"], at["ci_high"] - at["certified_accuracy"]],
-            fmt="o", color=line.get_color(), markersize=3, capsize=2,
+            at["radius"],
+            at["certified_accuracy"],
+            yerr=[
+                at["certified_accuracy"] - at["ci_low"],
+                at["ci_high"] - at["certified_accuracy"],
+            ],
+            fmt="o",
+            color=line.get_color(),
+            markersize=3,
+            capsize=2,
         )
         if "population_Q" in at and at["population_Q"].notna().any():
-            ax.plot(at["radius"], at["population_Q"], "--", color=line.get_color(), alpha=0.6,
-                    label=f"{method}: CA under Q")
+            ax.plot(
+                at["radius"],
+                at["population_Q"],
+                "--",
+                color=line.get_color(),
+                alpha=0.6,
+                label=f"{method}: CA under Q",
+            )
         if "ceiling_Q" in at and at["ceiling_Q"].notna().any():
-            ax.plot(at["radius"], at["ceiling_Q"], "-.", color=line.get_color(), alpha=0.6,
-                    label=f"{method}: ceiling under Q")
+            ax.plot(
+                at["radius"],
+                at["ceiling_Q"],
+                "-.",
+                color=line.get_color(),
+                alpha=0.6,
+                label=f"{method}: ceiling under Q",
+            )
         if "bound_at_eps" in at and at["bound_at_eps"].notna().any():
-            ax.plot(at["radius"], at["bound_at_eps"], ":", color=line.get_color(),
-                    label=f"{method}: bound at eps")
+            ax.plot(
+                at["radius"],
+                at["bound_at_eps"],
+                ":",
+                color=line.get_color(),
+                label=f"{method}: bound at eps",
+            )
     norm = table["norm"].iloc[0]
     ax.set(xlabel=f"{norm} radius", ylabel="certified accuracy", ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
@@ -61,14 +91,22 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
 def format_table(table: pd.DataFrame) -> str:
     """The run's table as printed at the end of ``gmcert-run``: one line per method and radius,
     with the interval, CA under Q and the eps bound where they exist."""
-    shown = pd.DataFrame({
-        "method": table["method"],
-        "radius": table["radius"].map("{:g}".format),
-        "certified": table["certified_accuracy"].map("{:.3f}".format),
-        "interval": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
-    })
-    for column, title in (("population_Q", "CA under Q"), ("ceiling_Q", "ceiling under Q"),
-                          ("bound_at_eps", "bound at eps")):
+    shown = pd.DataFrame(
+        {
+            "method": table["method"],
+            "radius": table["radius"].map("{:g}".format),
+            "certified": table["certified_accuracy"].map("{:.3f}".format),
+            "interval": [
+                f"[{lo:.3f}, {hi:.3f}]"
+                for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
+            ],
+        }
+    )
+    for column, title in (
+        ("population_Q", "CA under Q"),
+        ("ceiling_Q", "ceiling under Q"),
+        ("bound_at_eps", "bound at eps"),
+    ):
         if column in table and table[column].notna().any():
             shown[title] = table[column].map(lambda v: "" if np.isnan(v) else f"{v:.3f}")
     return shown.to_string(index=False)
@@ -83,8 +121,16 @@ def read_table(run_dir) -> pd.DataFrame:
     return pd.read_csv(Path(run_dir) / "certified_accuracy.csv")
 
 
-def plot_eps_sensitivity(table: pd.DataFrame, curves: np.ndarray, eps_grid, path, *,
-                         eps_hat: float | None, eps_interval=None, title: str = ""):
+def plot_eps_sensitivity(
+    table: pd.DataFrame,
+    curves: np.ndarray,
+    eps_grid,
+    path,
+    *,
+    eps_hat: float | None,
+    eps_interval=None,
+    title: str = "",
+):
     """The kl-inverse bound vs eps at each radius, with the measured certified accuracy marked
     at the estimated eps (a point below its curve would falsify KL(P || Q) <= eps)."""
     rows = table[table["population_Q"].notna()]
@@ -92,15 +138,29 @@ def plot_eps_sensitivity(table: pd.DataFrame, curves: np.ndarray, eps_grid, path
     for i, (_, row) in enumerate(rows.iterrows()):
         (line,) = ax.plot(eps_grid, curves[:, i], label=f"bound, r = {row['radius']:g}")
         if eps_hat is not None:
-            ax.plot([max(eps_hat, eps_grid[0])], [row["certified_accuracy"]], "o",
-                    color=line.get_color())
+            ax.plot(
+                [max(eps_hat, eps_grid[0])],
+                [row["certified_accuracy"]],
+                "o",
+                color=line.get_color(),
+            )
     if eps_hat is not None:
         ax.axvline(max(eps_hat, eps_grid[0]), color="k", lw=0.8, ls="--", label="eps estimate")
         if eps_interval is not None:
-            ax.axvspan(max(eps_interval[0], eps_grid[0]), max(eps_interval[1], eps_grid[0]),
-                       color="k", alpha=0.08, label="eps interval")
-    ax.set(xscale="log", xlabel="eps = KL(P || Q) (nats)", ylabel="certified accuracy bound",
-           ylim=(0, 1.02), title=title or "bound implied by eps; dots: measured")
+            ax.axvspan(
+                max(eps_interval[0], eps_grid[0]),
+                max(eps_interval[1], eps_grid[0]),
+                color="k",
+                alpha=0.08,
+                label="eps interval",
+            )
+    ax.set(
+        xscale="log",
+        xlabel="eps = KL(P || Q) (nats)",
+        ylabel="certified accuracy bound",
+        ylim=(0, 1.02),
+        title=title or "bound implied by eps; dots: measured",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -21,14 +21,17 @@ from gmcert.robust import impossibility_radius, robust_tau
 log = logging.getLogger(__name__)
 
 
-def fit_robust_mixture(mixture, Z, y, *, radius: float, holdout_fraction: float, seed: int,
-                       grid_size: int = 25):
+def fit_robust_mixture(
+    mixture, Z, y, *, radius: float, holdout_fraction: float, seed: int, grid_size: int = 25
+):
     """``mixture`` (an unfitted shared-covariance GaussianMixtureClassifier) refitted with the
     tau that is optimal (two classes) or best on held-out train data (K classes) at ``radius``
     (latent l2 units)."""
     if mixture.covariance not in ("shared", "isotropic"):
-        raise ValueError("mixture.robust_radius needs a shared covariance: use mixture=robust "
-                         "(covariance: shared) or covariance=isotropic")
+        raise ValueError(
+            "mixture.robust_radius needs a shared covariance: use mixture=robust "
+            "(covariance: shared) or covariance=isotropic"
+        )
     if radius < 0:
         raise ValueError(f"mixture.robust_radius must be >= 0, got {radius}")
     plain = clone(mixture).fit(Z, y)
@@ -43,8 +46,9 @@ def fit_robust_mixture(mixture, Z, y, *, radius: float, holdout_fraction: float,
         tau = robust_tau(plain.covariances_, mu, radius)
         log.info("robust rule: closed-form tau = %.4g for radius %g", tau, radius)
         return clone(mixture).set_params(tau=tau).fit(Z, y)
-    fit_idx, val_idx = train_test_split(np.arange(len(y)), test_size=holdout_fraction,
-                                        stratify=y, random_state=seed)
+    fit_idx, val_idx = train_test_split(
+        np.arange(len(y)), test_size=holdout_fraction, stratify=y, random_state=seed
+    )
     scale = float(np.trace(plain.covariances_) / plain.n_features_in_)
     grid = np.concatenate([[0.0], scale * np.geomspace(1e-3, 1e3, grid_size - 1)])
     scores = []
@@ -55,6 +59,10 @@ def fit_robust_mixture(mixture, Z, y, *, radius: float, holdout_fraction: float,
         correct = candidate.classes_[codes] == y[val_idx]
         scores.append(float((correct & (radii >= radius)).mean()))
     best = float(grid[int(np.argmax(scores))])
-    log.info("robust rule: tau = %.4g (held-out certified accuracy %.3f at radius %g)",
-             best, max(scores), radius)
+    log.info(
+        "robust rule: tau = %.4g (held-out certified accuracy %.3f at radius %g)",
+        best,
+        max(scores),
+        radius,
+    )
     return clone(mixture).set_params(tau=best).fit(Z, y)

@@ -51,8 +51,12 @@ def bench(num_classes, dim, dtype, device):
 
     t_bare, t_cert = median_seconds(bare), median_seconds(certify)
     return {
-        "num_classes": num_classes, "dim": dim, "dtype": str(dtype).replace("torch.", ""),
-        "device": device.type, "batch": BATCH, "rows": ROWS,
+        "num_classes": num_classes,
+        "dim": dim,
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": device.type,
+        "batch": BATCH,
+        "rows": ROWS,
         "bare_matmul_latents_per_s": ROWS / t_bare,
         "certify_latents_per_s": ROWS / t_cert,
         "certify_over_matmul": t_cert / t_bare,
@@ -61,8 +65,12 @@ def bench(num_classes, dim, dtype, device):
 
 def main():
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    results = [bench(k, d, dtype, dev) for dev in devices for dtype in (torch.float64, torch.float32)
-               for k, d in SHAPES]
+    results = [
+        bench(k, d, dtype, dev)
+        for dev in devices
+        for dtype in (torch.float64, torch.float32)
+        for k, d in SHAPES
+    ]
     out = Path("outputs/bench/certify.json")
     write_json(out, {"threads": torch.get_num_threads(), "target_ratio": 1.5, "results": results})
     print(json.dumps(results, indent=1))

@@ -28,8 +28,9 @@ def timed(fn):
 def bench(num_classes, dim):
     rng = np.random.default_rng(0)
     means = rng.standard_normal((num_classes, dim)) * 3 / np.sqrt(dim)
-    Z_train = np.concatenate([m + rng.standard_normal((400, dim)) * rng.uniform(0.5, 1.5)
-                              for m in means])
+    Z_train = np.concatenate(
+        [m + rng.standard_normal((400, dim)) * rng.uniform(0.5, 1.5) for m in means]
+    )
     y_train = np.repeat(np.arange(num_classes), 400)
     Z = torch.as_tensor(Z_train[rng.choice(len(Z_train), ROWS)])
     full = GaussianMixtureClassifier(covariance="full").fit(Z_train, y_train)
@@ -40,15 +41,24 @@ def bench(num_classes, dim):
     lin = LinearCertifier(*shared.linear_head())
     t_quad = timed(lambda n: quad.certify(Z[:n]))
     t_lin = timed(lambda n: lin.certify(Z[:n]))
-    return {"num_classes": num_classes, "dim": dim, "rows": ROWS, "dtype": "float64",
-            "setup_seconds": t_build, "quadratic_latents_per_s": ROWS / t_quad,
-            "linear_latents_per_s": ROWS / t_lin, "linear_over_quadratic_time": t_lin / t_quad}
+    return {
+        "num_classes": num_classes,
+        "dim": dim,
+        "rows": ROWS,
+        "dtype": "float64",
+        "setup_seconds": t_build,
+        "quadratic_latents_per_s": ROWS / t_quad,
+        "linear_latents_per_s": ROWS / t_lin,
+        "linear_over_quadratic_time": t_lin / t_quad,
+    }
 
 
 def main():
     results = [bench(10, 64), bench(10, 256)]
-    write_json(Path("outputs/bench/quadratic.json"),
-               {"threads": torch.get_num_threads(), "results": results})
+    write_json(
+        Path("outputs/bench/quadratic.json"),
+        {"threads": torch.get_num_threads(), "results": results},
+    )
     print(json.dumps(results, indent=1))
 
 

@@ -70,16 +70,20 @@ def main(argv: list[str]) -> int:
         if missing:
             print(f"skipped {exp.name}: missing {'; '.join(missing)}")
             print(f"    once present, run: {' '.join(cmd)}")
-            lines.append(f"- {exp.name}: skipped, missing {'; '.join(missing)}. "
-                         f"Run: `{' '.join(cmd)}`")
+            lines.append(
+                f"- {exp.name}: skipped, missing {'; '.join(missing)}. Run: `{' '.join(cmd)}`"
+            )
             continue
         print(f"running {exp.name}: {' '.join(cmd)}", flush=True)
         cmd[0] = str(bin_dir / cmd[0])
         ok = subprocess.run(cmd, cwd=ROOT).returncode == 0
         failed += not ok
-        lines.append(f"- {exp.name}: {'ran' if ok else 'FAILED'} (`{' '.join(command(exp, out, argv))}`)")
-    report = subprocess.run([str(bin_dir / "gmcert-report"), str(out), "--out", str(out / "report")],
-                            cwd=ROOT)
+        lines.append(
+            f"- {exp.name}: {'ran' if ok else 'FAILED'} (`{' '.join(command(exp, out, argv))}`)"
+        )
+    report = subprocess.run(
+        [str(bin_dir / "gmcert-report"), str(out), "--out", str(out / "report")], cwd=ROOT
+    )
     (out / "README.md").write_text("\n".join(lines) + "\n\nCombined tables: report/\n")
     print(f"\nreproduce folder: {out}")
     return 1 if failed or report.returncode else 0

@@ -20,10 +20,13 @@ from gmcert.bounds import (
 def test_clopper_pearson_matches_statsmodels(alpha):
     n = 200
     k = np.arange(0, n + 1)
-    low, high = proportion_confint(k, n, alpha=2 * alpha, method="beta")  # two-sided = 2 x one-sided
+    low, high = proportion_confint(
+        k, n, alpha=2 * alpha, method="beta"
+    )  # two-sided = 2 x one-sided
     np.testing.assert_allclose(clopper_pearson_lower(k, n, alpha), np.nan_to_num(low), atol=1e-12)
-    np.testing.assert_allclose(clopper_pearson_upper(k, n, alpha), np.nan_to_num(high, nan=1.0),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        clopper_pearson_upper(k, n, alpha), np.nan_to_num(high, nan=1.0), atol=1e-12
+    )
 
 
 def test_clopper_pearson_covers_at_its_level():

@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CONFIGS, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-
-from conftest import CONFIGS, compose_config
 
 GROUPS = ["dataset", "encoder", "mixture", "certify", "divergence", "experiment"]
 
@@ -59,9 +58,17 @@ def test_type_errors_name_the_key(tmp_path, override, message):
 )
 def test_command_line_errors_are_one_clear_message(tmp_path, args, message):
     proc = subprocess.run(
-        [sys.executable, "-m", "gmcert.cli", *args, f"hydra.run.dir={tmp_path}/run",
-         f"paths.cache_dir={tmp_path}/cache"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "gmcert.cli",
+            *args,
+            f"hydra.run.dir={tmp_path}/run",
+            f"paths.cache_dir={tmp_path}/cache",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert message in proc.stderr

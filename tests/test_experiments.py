@@ -11,21 +11,32 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import CONFIGS
-from gmcert.aggregate import report
 from test_vision_data import write_cifar10, write_imagenet
 
-TINY = ["certify.population_samples=2000", "divergence.n_boot=5",
-        "divergence.truth_samples=2000", "certify.n=64", "certify.n0=8", "certify.noise_batch=64"]
+from gmcert.aggregate import report
+
+TINY = [
+    "certify.population_samples=2000",
+    "divergence.n_boot=5",
+    "divergence.truth_samples=2000",
+    "certify.n=64",
+    "certify.n0=8",
+    "certify.noise_batch=64",
+]
 PER_EXPERIMENT = {
     "digits": [],
     "synthetic_exact": ["dataset.separation=3.0", "dataset.n_train=300", "dataset.n_test=200"],
     "eps_controlled": ["dataset.nu=5", "dataset.n_train=300", "dataset.n_test=200"],
     "cifar10_vit": ["certify.sigma=0.25", "encoder.weights=random", "encoder.image_size=32"],
     "cifar10_resnet50": ["certify.sigma=0.5", "encoder.weights=random", "encoder.image_size=32"],
-    "imagenet_vit": ["certify.sigma=0.5", "encoder.weights=random", "encoder.image_size=32",
-                     "dataset.skip=3", "dataset.train_per_class=4"],
+    "imagenet_vit": [
+        "certify.sigma=0.5",
+        "encoder.weights=random",
+        "encoder.image_size=32",
+        "dataset.skip=3",
+        "dataset.train_per_class=4",
+    ],
 }
 
 
@@ -45,10 +56,22 @@ def fake_data(tmp_path_factory):
 def test_experiment_runs_as_a_sweep_on_tiny_data(experiment, tmp_path, fake_data):
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "gmcert.cli", "-m", f"experiment={experiment}",
-         f"hydra.sweep.dir={sweep}", f"paths.data_dir={fake_data}",
-         f"paths.cache_dir={tmp_path / 'cache'}", *TINY, *PER_EXPERIMENT[experiment]],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "gmcert.cli",
+            "-m",
+            f"experiment={experiment}",
+            f"hydra.sweep.dir={sweep}",
+            f"paths.data_dir={fake_data}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            *TINY,
+            *PER_EXPERIMENT[experiment],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [p.parent for p in sweep.rglob("certified_accuracy.csv")]

@@ -11,9 +11,18 @@ from gmcert.io import PredictionLog, atomic_write, write_json
 
 
 def rows(indices, method="closed_form"):
-    return pd.DataFrame({"method": method, "index": indices, "label": 1, "predict": 1,
-                         "radius_latent": 0.5, "radius_input": 0.5, "correct": True,
-                         "seconds": 0.1})
+    return pd.DataFrame(
+        {
+            "method": method,
+            "index": indices,
+            "label": 1,
+            "predict": 1,
+            "radius_latent": 0.5,
+            "radius_input": 0.5,
+            "correct": True,
+            "seconds": 0.1,
+        }
+    )
 
 
 def test_torn_last_line_is_cut_and_rows_resume(tmp_path):

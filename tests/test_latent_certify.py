@@ -49,13 +49,14 @@ def test_sound_and_tight(norm, num_classes, dim):
     pred, radius = LinearCertifier(M, c, norm=norm).certify(Z)
     pred, radius = pred.numpy(), radius.numpy()
     assert np.array_equal(pred, predict(M, c, Z))
-    for z, k, r in zip(Z[:150], pred, radius):
+    for z, k, r in zip(Z[:150], pred, radius, strict=False):
         assert r > 0
         # Tightness: the exact minimiser, pushed out by 1e-6 relative, flips the prediction.
         margins = (M[k] - M) @ z + (c[k] - c)
         q = {"l2": 2, "linf": 1, "l1": np.inf}[norm]
-        dual = np.array([np.linalg.norm(M[k] - M[j], ord=q) if j != k else np.inf
-                         for j in range(num_classes)])
+        dual = np.array(
+            [np.linalg.norm(M[k] - M[j], ord=q) if j != k else np.inf for j in range(num_classes)]
+        )
         j = int(np.argmin(np.where(np.arange(num_classes) == k, np.inf, margins / dual)))
         d = worst_direction(M, k, j, norm)
         assert predict(M, c, z + d * r * (1 + 1e-6))[0] != k
@@ -72,7 +73,7 @@ def test_matches_naive_pairwise_loop(norm):
     rng = np.random.default_rng(7)
     M, c, Z = random_linear_model(rng, 12, 20)
     pred, radius = LinearCertifier(M, c, norm=norm).certify(Z)
-    for z, k, r in zip(Z, pred.numpy(), radius.numpy()):
+    for z, k, r in zip(Z, pred.numpy(), radius.numpy(), strict=True):
         k_naive, r_naive = naive_radius(M, c, z, norm)
         assert k == k_naive
         np.testing.assert_allclose(r, r_naive, rtol=1e-9, atol=1e-12)

@@ -142,16 +142,21 @@ def test_shared_shrinkage_equals_sklearn_on_pooled_residuals(rule, reference):
 
 
 def test_tau_shifts_the_rule_not_the_fitted_q(data):
-    """The robust rule classifies with Sigma + tau I; Q itself (covariances_, sample) keeps Sigma."""
+    """The robust rule uses Sigma + tau I; Q itself (covariances_, sample) keeps Sigma."""
     X, y = data
     plain = G(shrinkage="oas", reg_covar=1e-3).fit(X, y)
     robust = G(shrinkage="oas", reg_covar=1e-3, tau=0.7).fit(X, y)
     np.testing.assert_allclose(robust.covariances_, plain.covariances_, **TIGHT)
-    np.testing.assert_allclose(np.linalg.inv(robust.precisions_),
-                               plain.covariances_ + 0.7 * np.eye(5), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        np.linalg.inv(robust.precisions_),
+        plain.covariances_ + 0.7 * np.eye(5),
+        rtol=1e-9,
+        atol=1e-9,
+    )
     M, _ = robust.linear_head()
-    np.testing.assert_allclose(M, robust.means_ @ np.linalg.inv(plain.covariances_ + 0.7 * np.eye(5)),
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        M, robust.means_ @ np.linalg.inv(plain.covariances_ + 0.7 * np.eye(5)), rtol=1e-9, atol=1e-9
+    )
 
 
 # --------------------------------------------------------------------- full vs QDA

@@ -13,8 +13,17 @@ from gmcert.data.embedded import build_digits
 from gmcert.io import PredictionLog
 from gmcert.pipeline import run
 
-TABLE_COLUMNS = ["method", "norm", "space", "radius", "certified_accuracy", "ci_low", "ci_high",
-                 "n", "population_Q"]
+TABLE_COLUMNS = [
+    "method",
+    "norm",
+    "space",
+    "radius",
+    "certified_accuracy",
+    "ci_low",
+    "ci_high",
+    "n",
+    "population_Q",
+]
 
 
 def test_default_run_writes_every_output(make_cfg):
@@ -47,8 +56,14 @@ def test_default_run_writes_every_output(make_cfg):
     summary = written["methods"]["closed_form"]
     assert summary["clean_accuracy"] > 0.9
     assert summary["average_certified_radius"] > 0
-    assert set(written["stage_seconds"]) == {"data", "encode", "fit", "certify", "evaluate",
-                                             "divergence"}
+    assert set(written["stage_seconds"]) == {
+        "data",
+        "encode",
+        "fit",
+        "certify",
+        "evaluate",
+        "divergence",
+    }
     assert metrics["methods"] == written["methods"]
     for plot in ("certified_accuracy.png", "eps_sensitivity.png"):
         with open(f"{out}/{plot}", "rb") as f:
@@ -67,8 +82,9 @@ def test_rerun_in_same_folder_resumes_without_duplicates(make_cfg):
     run(cfg)
     both = pd.read_csv(f"{cfg.paths.output_dir}/predictions.csv")
     assert len(first) == 100 and len(both) == 360 and both["index"].is_unique
-    pd.testing.assert_frame_equal(both.iloc[:100].drop(columns="seconds"),
-                                  first.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(
+        both.iloc[:100].drop(columns="seconds"), first.drop(columns="seconds")
+    )
 
 
 def test_folder_of_another_config_is_refused(make_cfg):
@@ -78,8 +94,15 @@ def test_folder_of_another_config_is_refused(make_cfg):
 
 
 def test_synthetic_encoders_and_pca(make_cfg):
-    metrics = run(make_cfg("certify=closed_form", "dataset=synthetic", "dataset.dim=4", "encoder=pca",
-                           "encoder.n_components=3"))
+    metrics = run(
+        make_cfg(
+            "certify=closed_form",
+            "dataset=synthetic",
+            "dataset.dim=4",
+            "encoder=pca",
+            "encoder.n_components=3",
+        )
+    )
     assert metrics["lipschitz"] == pytest.approx(1.0)
     assert metrics["methods"]["closed_form"]["clean_accuracy"] > 0.8
 

@@ -52,8 +52,9 @@ def test_monte_carlo_population_agrees_with_closed_form():
     mc = population_certified_accuracy(
         mixture, LinearCertifier(M, c), radii, samples=100_000, alpha=0.001, seed=0
     )
-    exact = two_class_certified_accuracy(mixture.means_[0], mixture.means_[1],
-                                         mixture.covariances_, radii)
+    exact = two_class_certified_accuracy(
+        mixture.means_[0], mixture.means_[1], mixture.covariances_, radii
+    )
     assert np.all(mc["ci_low"] <= exact) and np.all(exact <= mc["ci_high"])
 
 

@@ -92,22 +92,37 @@ def nonlinear_solver_bound(A, b, c, z, starts, method="SLSQP"):
     def g_local(x):
         return value + grad_z @ x + x @ A @ x
 
-    constraint = {"type": "ineq", "fun": lambda x: -g_local(x),
-                  "jac": lambda x: -(grad_z + 2 * A @ x)}
+    constraint = {
+        "type": "ineq",
+        "fun": lambda x: -g_local(x),
+        "jac": lambda x: -(grad_z + 2 * A @ x),
+    }
     best, best_x = np.inf, None
     for x0 in starts:
         if method == "SLSQP":
             res = optimize.minimize(
-                lambda x: x @ x, x0, jac=lambda x: 2 * x, constraints=[constraint],
-                method="SLSQP", options={"ftol": 1e-15, "maxiter": 500},
+                lambda x: x @ x,
+                x0,
+                jac=lambda x: 2 * x,
+                constraints=[constraint],
+                method="SLSQP",
+                options={"ftol": 1e-15, "maxiter": 500},
             )
         else:
-            nlc = optimize.NonlinearConstraint(g_local, -np.inf, 0.0,
-                                               jac=lambda x: grad_z + 2 * A @ x,
-                                               hess=lambda x, v: 2 * v[0] * A)
+            nlc = optimize.NonlinearConstraint(
+                g_local,
+                -np.inf,
+                0.0,
+                jac=lambda x: grad_z + 2 * A @ x,
+                hess=lambda x, v: 2 * v[0] * A,
+            )
             res = optimize.minimize(
-                lambda x: x @ x, x0, jac=lambda x: 2 * x, hess=lambda x: 2 * np.eye(len(x)),
-                constraints=[nlc], method="trust-constr",
+                lambda x: x @ x,
+                x0,
+                jac=lambda x: 2 * x,
+                hess=lambda x: 2 * np.eye(len(x)),
+                constraints=[nlc],
+                method="trust-constr",
                 options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 3000},
             )
         norm = np.linalg.norm(res.x)
@@ -132,9 +147,12 @@ def polish_direction(A, b, c, z, u0):
         return first_crossing_scalar(value, float(grad @ u), float(u @ A @ u))
 
     simplex = np.vstack([u0, u0 + 1e-3 * np.eye(len(u0))])
-    res = optimize.minimize(crossing, u0, method="Nelder-Mead",
-                            options={"xatol": 1e-13, "fatol": 1e-15, "maxiter": 1500,
-                                     "initial_simplex": simplex})
+    res = optimize.minimize(
+        crossing,
+        u0,
+        method="Nelder-Mead",
+        options={"xatol": 1e-13, "fatol": 1e-15, "maxiter": 1500, "initial_simplex": simplex},
+    )
     return min(res.fun, crossing(u0))
 
 
@@ -258,8 +276,11 @@ def hard_case(dim, rng, *, multiplicity=1, leak=0.0):
     z = rng.standard_normal(dim)
     grad = V @ bt
     l_max = -1 / lam_min
-    rest = bt[multiplicity:] ** 2 * l_max * (2 + l_max * lam[multiplicity:]) / (
-        4 * (1 + l_max * lam[multiplicity:]) ** 2
+    rest = (
+        bt[multiplicity:] ** 2
+        * l_max
+        * (2 + l_max * lam[multiplicity:])
+        / (4 * (1 + l_max * lam[multiplicity:]) ** 2)
     )
     value = rest.sum() + rng.uniform(0.5, 3.0)
     b = grad - 2 * A @ z
@@ -278,16 +299,18 @@ FAMILIES = {
 
 
 def certify(A, b, c, Z):
-    out = distance_to_quadric(torch.from_numpy(Z), torch.from_numpy(A), torch.from_numpy(b),
-                              float(c))
+    out = distance_to_quadric(
+        torch.from_numpy(Z), torch.from_numpy(A), torch.from_numpy(b), float(c)
+    )
     return out.radius.numpy(), out.delta.numpy(), out.witness_verified.numpy()
 
 
 def check_against_brute_force(A, b, c, Z, rng, *, n_dirs, method="SLSQP", n_random_starts=1):
     R, delta, verified = certify(A, b, c, Z)
     for i, z in enumerate(Z):
-        bf = brute_force_distance(A, b, c, z, rng, n_dirs=n_dirs, method=method,
-                                  n_random_starts=n_random_starts)
+        bf = brute_force_distance(
+            A, b, c, z, rng, n_dirs=n_dirs, method=method, n_random_starts=n_random_starts
+        )
         if np.isinf(bf):  # no feasible point found (a random A that came out definite)
             assert np.isinf(R[i]) or (R[i] > 1e5 and not verified[i]), R[i]
             continue
@@ -329,8 +352,14 @@ def test_distance_matches_brute_force(name, dim):
 @pytest.mark.parametrize("dim", [2, 3, 5])
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_distance_matches_brute_force_exhaustive(name, dim):
-    run_family(name, dim, n_pairs=60, seed=1000 + zlib.crc32(f"{name}-{dim}".encode()),
-               n_dirs=20000, n_random_starts=3)
+    run_family(
+        name,
+        dim,
+        n_pairs=60,
+        seed=1000 + zlib.crc32(f"{name}-{dim}".encode()),
+        n_dirs=20000,
+        n_random_starts=3,
+    )
 
 
 @pytest.mark.slow
@@ -441,8 +470,12 @@ def test_python_float_constant_keeps_float64():
     A, b, c = np.diag([-0.7, -0.05]), np.array([-0.8, 2.3]), -0.07734505972421603
     z = np.array([[0.1, 0.2]])
     R_float, _, _ = certify(A, b, c, z)
-    out = distance_to_quadric(torch.from_numpy(z), torch.from_numpy(A), torch.from_numpy(b),
-                              torch.tensor(c, dtype=torch.float64))
+    out = distance_to_quadric(
+        torch.from_numpy(z),
+        torch.from_numpy(A),
+        torch.from_numpy(b),
+        torch.tensor(c, dtype=torch.float64),
+    )
     assert R_float[0] == out.radius[0].item()
 
 
@@ -476,8 +509,9 @@ def pair_constraint(means, precisions, log_weights, k, j):
 
 
 def make_certifier(means, precisions, log_weights, **kw):
-    return QuadraticCertifier(torch.from_numpy(means), torch.from_numpy(precisions),
-                              torch.from_numpy(log_weights), **kw)
+    return QuadraticCertifier(
+        torch.from_numpy(means), torch.from_numpy(precisions), torch.from_numpy(log_weights), **kw
+    )
 
 
 @pytest.mark.parametrize("K,dim", [(3, 2), (4, 3), (5, 5), (3, 5)])
@@ -486,10 +520,13 @@ def test_predict_is_bayes_rule(K, dim):
     means, precisions, priors, log_weights = random_qda(K, dim, rng)
     Z = qda_sample(means, precisions, 300, rng)
     covs = np.linalg.inv(precisions)
-    logpost = np.stack([
-        np.log(priors[k]) + stats.multivariate_normal(means[k], covs[k]).logpdf(Z)
-        for k in range(K)
-    ], 1)
+    logpost = np.stack(
+        [
+            np.log(priors[k]) + stats.multivariate_normal(means[k], covs[k]).logpdf(Z)
+            for k in range(K)
+        ],
+        1,
+    )
     cert = make_certifier(means, precisions, log_weights)
     assert np.array_equal(cert.predict(torch.from_numpy(Z)).numpy(), logpost.argmax(1))
 
@@ -512,9 +549,11 @@ def check_mixture(K, dim, seed, n_points, n_dirs, n_perturb):
     for i, z in enumerate(Z):
         k = pred[i]
         bf = min(
-            brute_force_distance(*pair_constraint(means, precisions, log_weights, k, j), z, rng,
-                                 n_dirs=n_dirs)
-            for j in range(K) if j != k
+            brute_force_distance(
+                *pair_constraint(means, precisions, log_weights, k, j), z, rng, n_dirs=n_dirs
+            )
+            for j in range(K)
+            if j != k
         )
         assert R[i] <= bf * (1 + ROUNDING), (R[i], bf)
         assert bf - R[i] <= TIGHT * max(1.0, R[i]), (R[i], bf)
@@ -523,8 +562,13 @@ def check_mixture(K, dim, seed, n_points, n_dirs, n_perturb):
     # Soundness: perturbations of norm < R never change the prediction.
     for i in np.flatnonzero(finite):
         U = unit_directions(dim, n_perturb, rng)
-        scale = R[i] * (1 - 1e-8) * np.concatenate([np.ones(n_perturb // 2),
-                                                    rng.uniform(0, 1, n_perturb - n_perturb // 2)])
+        scale = (
+            R[i]
+            * (1 - 1e-8)
+            * np.concatenate(
+                [np.ones(n_perturb // 2), rng.uniform(0, 1, n_perturb - n_perturb // 2)]
+            )
+        )
         along = delta[i] / np.linalg.norm(delta[i]) * R[i] * (1 - 1e-8)
         moved = np.concatenate([Z[i] + U * scale[:, None], (Z[i] + along)[None]])
         assert np.all(cert.predict(torch.from_numpy(moved)).numpy() == pred[i])

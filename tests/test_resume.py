@@ -11,15 +11,28 @@ import time
 
 import pandas as pd
 
-ARGS = ["certify.methods=[smoothing_gmm]", "certify.n=1500", "certify.noise_batch=500",
-        "certify.population_samples=0", "divergence.enabled=false"]
+ARGS = [
+    "certify.methods=[smoothing_gmm]",
+    "certify.n=1500",
+    "certify.noise_batch=500",
+    "certify.population_samples=0",
+    "divergence.enabled=false",
+]
 
 
 def start(run_dir, cache):
     return subprocess.Popen(
-        [sys.executable, "-m", "gmcert.cli", *ARGS, f"hydra.run.dir={run_dir}",
-         f"paths.cache_dir={cache}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "gmcert.cli",
+            *ARGS,
+            f"hydra.run.dir={run_dir}",
+            f"paths.cache_dir={cache}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
 
 
@@ -50,7 +63,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     resumed = pd.read_csv(killed / "predictions.csv").drop(columns="seconds")
     uninterrupted = pd.read_csv(whole / "predictions.csv").drop(columns="seconds")
     assert resumed["index"].is_unique and len(resumed) == 360
-    pd.testing.assert_frame_equal(resumed.sort_values("index").reset_index(drop=True),
-                                  uninterrupted.sort_values("index").reset_index(drop=True))
-    pd.testing.assert_frame_equal(pd.read_csv(killed / "certified_accuracy.csv"),
-                                  pd.read_csv(whole / "certified_accuracy.csv"))
+    pd.testing.assert_frame_equal(
+        resumed.sort_values("index").reset_index(drop=True),
+        uninterrupted.sort_values("index").reset_index(drop=True),
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(killed / "certified_accuracy.csv"),
+        pd.read_csv(whole / "certified_accuracy.csv"),
+    )

@@ -48,8 +48,9 @@ def unit_vector(angles):
     if len(angles) == 1:
         return np.array([math.cos(angles[0]), math.sin(angles[0])])
     theta, phi = angles
-    return np.array([math.sin(phi) * math.cos(theta), math.sin(phi) * math.sin(theta),
-                     math.cos(phi)])
+    return np.array(
+        [math.sin(phi) * math.cos(theta), math.sin(phi) * math.sin(theta), math.cos(phi)]
+    )
 
 
 def best_linear_robust_error(cov, mu, rho, rng, prior_plus=0.5, n_starts=12):
@@ -63,8 +64,12 @@ def best_linear_robust_error(cov, mu, rho, rng, prior_plus=0.5, n_starts=12):
     best = np.inf
     for _ in range(n_starts):
         x0 = np.concatenate([rng.uniform(0, 2 * np.pi, dim - 1), rng.normal(scale=0.3, size=1)])
-        res = optimize.minimize(objective, x0, method="Nelder-Mead",
-                                options={"xatol": 1e-11, "fatol": 1e-16, "maxiter": 3000})
+        res = optimize.minimize(
+            objective,
+            x0,
+            method="Nelder-Mead",
+            options={"xatol": 1e-11, "fatol": 1e-16, "maxiter": 3000},
+        )
         best = min(best, res.fun)
     return best
 
@@ -86,8 +91,9 @@ def test_isotropic_closed_form(dim):
     assert np.allclose(got, expected, rtol=1e-12, atol=1e-15)
     # tau has the closed form rho sigma^2 / (||mu|| - rho).
     rho = 0.4 * norm_mu
-    assert math.isclose(robust_tau(sigma**2 * np.eye(dim), mu, rho),
-                        rho * sigma**2 / (norm_mu - rho), rel_tol=1e-12)
+    assert math.isclose(
+        robust_tau(sigma**2 * np.eye(dim), mu, rho), rho * sigma**2 / (norm_mu - rho), rel_tol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dim", [2, 4, 10])
@@ -124,8 +130,9 @@ def check_against_numerical_optimum(dim, seed, n_models):
             assert numeric - formula < 1e-7, (formula, numeric)
             if frac > 0:
                 h = robust_direction(cov, mu, rho)
-                assert math.isclose(linear_robust_error(h, 0.0, cov, mu, rho), formula,
-                                    rel_tol=1e-9)
+                assert math.isclose(
+                    linear_robust_error(h, 0.0, cov, mu, rho), formula, rel_tol=1e-9
+                )
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -202,8 +209,11 @@ def test_population_wrapper_against_bayes_rule_certified_accuracy():
     radii = np.linspace(0, 0.45 * np.linalg.norm(mu1 - mu0), 20)
     # Isotropic: the Bayes rule is already the optimal robust rule.
     iso = 0.6 * np.eye(dim)
-    assert np.allclose(optimal_robust_accuracy(mu0, mu1, iso, radii),
-                       two_class_certified_accuracy(mu0, mu1, iso, radii), atol=1e-12)
+    assert np.allclose(
+        optimal_robust_accuracy(mu0, mu1, iso, radii),
+        two_class_certified_accuracy(mu0, mu1, iso, radii),
+        atol=1e-12,
+    )
     # Anisotropic: equal at 0 (Bayes accuracy), a ceiling above the Bayes rule elsewhere.
     cov = random_cov(dim, rng, condition=30.0)
     best = optimal_robust_accuracy(mu0, mu1, cov, radii)
@@ -224,7 +234,7 @@ def all_matchings(items):
     first, rest = items[0], items[1:]
     yield from all_matchings(rest)  # first left unmatched
     for i, other in enumerate(rest):
-        for m in all_matchings(rest[:i] + rest[i + 1:]):
+        for m in all_matchings(rest[:i] + rest[i + 1 :]):
             yield [(first, other)] + m
 
 
@@ -241,8 +251,11 @@ def test_matching_is_the_best_over_all_matchings(K):
     assert len(flat) == len(set(flat))
 
     def weight(k, j):
-        return 2 * min(priors[k], priors[j]) * optimal_robust_error(
-            cov, (means[k] - means[j]) / 2, rho)
+        return (
+            2
+            * min(priors[k], priors[j])
+            * optimal_robust_error(cov, (means[k] - means[j]) / 2, rho)
+        )
 
     best = max(sum(weight(k, j) for k, j in m) for m in all_matchings(list(range(K))))
     assert bound == pytest.approx(best, rel=1e-9)

@@ -15,16 +15,28 @@ FAST = ["certify=closed_form", "certify.population_samples=2000", "divergence.en
 
 
 def gmcert_run(*args, cwd):
-    proc = subprocess.run([sys.executable, "-m", "gmcert.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gmcert.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def test_split_over_three_jobs_merges_to_the_unsplit_table(tmp_path, make_cfg):
-    gmcert_run("-m", "hydra/launcher=submitit_local", "certify.shards=3",
-               "certify.shard=0,1,2", f"hydra.sweep.dir={tmp_path}/split",
-               f"paths.cache_dir={tmp_path}/cache", *FAST, cwd=tmp_path)
+    gmcert_run(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "certify.shards=3",
+        "certify.shard=0,1,2",
+        f"hydra.sweep.dir={tmp_path}/split",
+        f"paths.cache_dir={tmp_path}/cache",
+        *FAST,
+        cwd=tmp_path,
+    )
     parts = [pd.read_csv(tmp_path / "split" / str(i) / "predictions.csv") for i in range(3)]
     assert sum(map(len, parts)) == 360
     assert not set(parts[0]["index"]) & set(parts[1]["index"])
@@ -34,8 +46,9 @@ def test_split_over_three_jobs_merges_to_the_unsplit_table(tmp_path, make_cfg):
     unsplit = pd.read_csv(f"{cfg.paths.output_dir}/certified_accuracy.csv")
     merged = report([tmp_path / "split"], tmp_path / "report")["combined"]
     assert merged["run"].nunique() == 1 and "merged 3 parts" in merged["run"].iloc[0]
-    pd.testing.assert_frame_equal(merged.drop(columns="run"), unsplit, check_exact=False,
-                                  rtol=1e-12)
+    pd.testing.assert_frame_equal(
+        merged.drop(columns="run"), unsplit, check_exact=False, rtol=1e-12
+    )
 
 
 def test_report_lists_failed_and_half_written_runs(tmp_path, make_cfg):
@@ -46,8 +59,10 @@ def test_report_lists_failed_and_half_written_runs(tmp_path, make_cfg):
     (sweep / "failed" / "failed.json").write_text(json.dumps({"error": "ValueError: boom"}))
     half = sweep / "half"
     half.mkdir()
-    (half / "predictions.csv").write_text("method,index,label,predict,radius_latent,"
-                                          "radius_input,correct,seconds\nclosed_form,0,1,1,0.2")
+    (half / "predictions.csv").write_text(
+        "method,index,label,predict,radius_latent,"
+        "radius_input,correct,seconds\nclosed_form,0,1,1,0.2"
+    )
     result = report([good.paths.output_dir, sweep], tmp_path / "report")
     status = {r.path.name: r.status for r in result["runs"]}
     assert status == {"run": "complete", "failed": "failed", "half": "incomplete"}
@@ -60,8 +75,14 @@ def test_report_lists_failed_and_half_written_runs(tmp_path, make_cfg):
 
 
 def test_sweep_survives_a_failing_job(tmp_path):
-    gmcert_run("-m", "mixture.shrinkage=oas,2.0", f"hydra.sweep.dir={tmp_path}/sweep",
-               f"paths.cache_dir={tmp_path}/cache", *FAST, cwd=tmp_path)
+    gmcert_run(
+        "-m",
+        "mixture.shrinkage=oas,2.0",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        f"paths.cache_dir={tmp_path}/cache",
+        *FAST,
+        cwd=tmp_path,
+    )
     failed = json.loads((tmp_path / "sweep" / "1" / "failed.json").read_text())
     assert "shrinkage" in failed["error"]
     assert (tmp_path / "sweep" / "0" / "certified_accuracy.csv").exists()

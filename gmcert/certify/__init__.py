@@ -56,8 +56,12 @@ def latent_certifier(mixture, *, norm: str, device, dtype: torch.dtype):
     from gmcert.certify.quadratic import QuadraticCertifier
 
     return QuadraticCertifier(
-        mixture.means_, mixture.class_precisions(), mixture.log_weights_,
-        norm=norm, device=device, dtype=dtype,
+        mixture.means_,
+        mixture.class_precisions(),
+        mixture.log_weights_,
+        norm=norm,
+        device=device,
+        dtype=dtype,
     )
 
 
@@ -65,7 +69,9 @@ def certify_latents(certifier, Z: np.ndarray, *, batch_size: int) -> tuple[np.nd
     """Class codes and latent radii for Z (n, d), one device batch at a time."""
     preds, radii = [], []
     for start in range(0, len(Z), batch_size):
-        pred, radius = certifier.certify(torch.from_numpy(np.asarray(Z[start : start + batch_size])))
+        pred, radius = certifier.certify(
+            torch.from_numpy(np.asarray(Z[start : start + batch_size]))
+        )
         preds.append(pred.cpu().numpy())
         radii.append(radius.double().cpu().numpy())
     return np.concatenate(preds), np.concatenate(radii)
@@ -119,8 +125,9 @@ class Smoothing:
             probe = fit_linear_probe(ctx.extra["train_latents"], data.train.labels, seed=self.seed)
             module, self.classes = LinearProbeHead(probe), probe.classes_
         base = torch.nn.Sequential(ctx.extra["encoder"], module).eval().to(ctx.device)
-        self.smoothed = SmoothedClassifier(base, len(self.classes), opts.sigma, device=ctx.device,
-                                           batch_size=opts.noise_batch)
+        self.smoothed = SmoothedClassifier(
+            base, len(self.classes), opts.sigma, device=ctx.device, batch_size=opts.noise_batch
+        )
         self.inputs = data.test.inputs
         self.cap = radius_cap(opts.sigma, opts.n, opts.alpha)
         # Several points share forward passes when n is small next to the noise batch.
@@ -134,8 +141,9 @@ class Smoothing:
     def certify(self, positions: np.ndarray) -> Certified:
         generator = torch.Generator(self.ctx.device)
         generator.manual_seed(self.seed * 1_000_003 + int(positions[0]))
-        certs = self.smoothed.certify_batch(self._batch(positions), n0=self.n0, n=self.n,
-                                            alpha=self.alpha, generator=generator)
+        certs = self.smoothed.certify_batch(
+            self._batch(positions), n0=self.n0, n=self.n, alpha=self.alpha, generator=generator
+        )
         codes = np.array([c.prediction for c in certs])
         predict = np.where(codes == ABSTAIN, ABSTAIN, self.classes[np.maximum(codes, 0)])
         radius = np.array([c.radius for c in certs])

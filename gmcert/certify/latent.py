@@ -33,7 +33,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except RuntimeError as err:
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA device is visible; use device=auto")
+        raise ValueError(
+            "device='cuda' was asked for but no CUDA device is visible; use device=auto"
+        )
     return dev
 
 
@@ -67,7 +69,9 @@ class LinearCertifier:
         M = torch.as_tensor(np.asarray(M), dtype=torch.float64)
         c = torch.as_tensor(np.asarray(c), dtype=torch.float64)
         if M.ndim != 2 or c.shape != (M.shape[0],):
-            raise ValueError(f"M must be (K, d) and c (K,), got {tuple(M.shape)} and {tuple(c.shape)}")
+            raise ValueError(
+                f"M must be (K, d) and c (K,), got {tuple(M.shape)} and {tuple(c.shape)}"
+            )
         num_classes, dim = M.shape
         u = _unit_roundoff(dtype)
         # gamma_n = n u / (1 - n u) bounds the relative error of an n-term dot product.

@@ -154,8 +154,13 @@ def distance_to_quadric(Z, A, b, c, *, device=None, dtype=torch.float64) -> Quad
     gradient_scale = torch.linalg.vector_norm(2 * absZ @ A.abs() + b.abs(), dim=-1)
     lam, vecs = torch.linalg.eigh(A)
     out = solve_local_quadric(
-        values[None], gradients[None], A[None], lam[None], vecs[None],
-        value_scale=value_scale[None], gradient_scale=gradient_scale[None],
+        values[None],
+        gradients[None],
+        A[None],
+        lam[None],
+        vecs[None],
+        value_scale=value_scale[None],
+        gradient_scale=gradient_scale[None],
     )
     return QuadricDistance(out.radius[0], out.delta[0], out.witness_verified[0])
 
@@ -175,14 +180,24 @@ def solve_local_quadric(
     if gradients.ndim != 3:
         raise ValueError(f"gradients must have shape (P, n, d), got {tuple(gradients.shape)}")
     P, n, d = gradients.shape
-    expected = {"values": (P, n), "matrices": (P, d, d), "eigenvalues": (P, d),
-                "eigenvectors": (P, d, d)}
-    given = {"values": values, "matrices": matrices, "eigenvalues": eigenvalues,
-             "eigenvectors": eigenvectors}
+    expected = {
+        "values": (P, n),
+        "matrices": (P, d, d),
+        "eigenvalues": (P, d),
+        "eigenvectors": (P, d, d),
+    }
+    given = {
+        "values": values,
+        "matrices": matrices,
+        "eigenvalues": eigenvalues,
+        "eigenvectors": eigenvectors,
+    }
     for name, shape in expected.items():
         if tuple(given[name].shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} to match gradients (P, n, d) = "
-                             f"{(P, n, d)}, got {tuple(given[name].shape)}")
+            raise ValueError(
+                f"{name} must have shape {shape} to match gradients (P, n, d) = "
+                f"{(P, n, d)}, got {tuple(given[name].shape)}"
+            )
     eps = torch.finfo(gradients.dtype).eps
     if value_scale is None:
         value_scale = values.abs()
@@ -200,8 +215,13 @@ def solve_local_quadric(
         if not mask.any():
             continue
         r, dl, ok = solver(
-            values[mask], gradients[mask], matrices[mask], eigenvalues[mask], eigenvectors[mask],
-            value_err[mask], gradient_err[mask],
+            values[mask],
+            gradients[mask],
+            matrices[mask],
+            eigenvalues[mask],
+            eigenvectors[mask],
+            value_err[mask],
+            gradient_err[mask],
         )
         radius[mask], delta[mask], verified[mask] = r, dl, ok
 
@@ -226,13 +246,21 @@ def _solve_linear(values, gradients, matrices, eigenvalues, eigenvectors, value_
     delta = torch.where(never[..., None], torch.full_like(delta, math.nan), delta)
     no_curvature = torch.zeros_like(values)
     return _choose_witness_and_cap(
-        values, gradients, matrices, delta[None], radius, never, no_curvature, value_err,
+        values,
+        gradients,
+        matrices,
+        delta[None],
+        radius,
+        never,
+        no_curvature,
+        value_err,
         relaxation=torch.zeros_like(values),
     )
 
 
-def _solve_quadratic(values, gradients, matrices, eigenvalues, eigenvectors, value_err,
-                     gradient_err):
+def _solve_quadratic(
+    values, gradients, matrices, eigenvalues, eigenvectors, value_err, gradient_err
+):
     """Dual bisection in the eigenbasis (module docstring); all inputs batched over (P, n)."""
     P, n, d = gradients.shape
     eps = torch.finfo(values.dtype).eps
@@ -286,7 +314,14 @@ def _solve_quadratic(values, gradients, matrices, eigenvalues, eigenvectors, val
     deltas = ys @ eigenvectors.transpose(-1, -2)
     negative_curvature = (-lam_min).clamp(min=0)[:, None].expand(P, n)
     return _choose_witness_and_cap(
-        values, gradients, matrices, deltas, radius, empty, negative_curvature, value_err,
+        values,
+        gradients,
+        matrices,
+        deltas,
+        radius,
+        empty,
+        negative_curvature,
+        value_err,
         relaxation=eta[:, None].expand(P, n),
     )
 
@@ -335,8 +370,9 @@ def _bisect(lo, hi, hi_ok, lam_min, constraint_at, eps):
     return lo, hi, hi_ok
 
 
-def _witness_candidates(lo, hi, hi_ok, indefinite, empty, lam_min, i_min, curv, bt, minimiser,
-                        constraint_of):
+def _witness_candidates(
+    lo, hi, hi_ok, indefinite, empty, lam_min, i_min, curv, bt, minimiser, constraint_of
+):
     """Candidate boundary points in eigen-coordinates, (4, P, n, d); NaN where not applicable.
 
     0. Regular case: ``y(hi)``, the feasible end of the bracket.
@@ -382,8 +418,9 @@ def _complete_along(y, e, lam_min, bt, constraint_of):
     return y + t[..., None] * e
 
 
-def _choose_witness_and_cap(values, gradients, matrices, candidates, radius, empty, neg_curvature,
-                            value_err, *, relaxation):
+def _choose_witness_and_cap(
+    values, gradients, matrices, candidates, radius, empty, neg_curvature, value_err, *, relaxation
+):
     """Pick the shortest verified candidate and cap the radius by its norm.
 
     candidates: (C, P, n, d) in original coordinates. A candidate is verified if
@@ -421,16 +458,18 @@ def _choose_witness_and_cap(values, gradients, matrices, candidates, radius, emp
     radius = torch.where(empty, radius, torch.minimum(radius, cap))
     # An unverified point is still returned (flagged) so that callers get a direction.
     fallback = _first_finite(candidates)
-    delta = torch.where(verified[..., None], delta_true,
-                        torch.where(relaxed[..., None], delta_relaxed, fallback))
+    delta = torch.where(
+        verified[..., None], delta_true, torch.where(relaxed[..., None], delta_relaxed, fallback)
+    )
     return radius, delta, verified
 
 
 def _shortest_passing(candidates, check, empty):
     """Per point, the shortest ``(1 + s) candidate`` with ``check <= 0``: (norm, delta); the
     norm is inf (and delta NaN) where none passes."""
-    best = torch.full(candidates.shape[1:-1], math.inf, dtype=candidates.dtype,
-                      device=candidates.device)
+    best = torch.full(
+        candidates.shape[1:-1], math.inf, dtype=candidates.dtype, device=candidates.device
+    )
     chosen = torch.full_like(candidates[0], math.nan)
     for s in _WITNESS_SCALES:
         scaled = candidates * (1 + s)
@@ -467,8 +506,9 @@ class QuadraticCertifier:
     Units: the latent units of ``means``.
     """
 
-    def __init__(self, means, precisions, log_weights, *, norm="l2", device="cpu",
-                 dtype=torch.float64):
+    def __init__(
+        self, means, precisions, log_weights, *, norm="l2", device="cpu", dtype=torch.float64
+    ):
         _check_norm(norm)
         self.device = resolve_device(device)
         self.dtype = dtype
@@ -558,8 +598,13 @@ class QuadraticCertifier:
         gradient_scale = abs_grad[k][None] + abs_grad[others_t]
 
         out = solve_local_quadric(
-            values, gradients, matrices, eigenvalues, eigenvectors,
-            value_scale=value_scale, gradient_scale=gradient_scale,
+            values,
+            gradients,
+            matrices,
+            eigenvalues,
+            eigenvectors,
+            value_scale=value_scale,
+            gradient_scale=gradient_scale,
         )
         radius, best = out.radius.min(0)
         rows = torch.arange(Z.shape[0], device=self.device)
@@ -575,8 +620,10 @@ class QuadraticCertifier:
             # Row-major position of (a, b) in the strict upper triangle.
             index.append(a * K - a * (a + 1) // 2 + (b - a - 1))
             sign.append(1.0 if k < j else -1.0)
-        return (torch.tensor(index, device=self.device),
-                torch.tensor(sign, dtype=self.dtype, device=self.device))
+        return (
+            torch.tensor(index, device=self.device),
+            torch.tensor(sign, dtype=self.dtype, device=self.device),
+        )
 
     def _validate(self):
         if self.means.ndim != 2:
@@ -591,8 +638,11 @@ class QuadraticCertifier:
             raise ValueError(
                 f"log_weights must have shape ({K},), got {tuple(self.log_weights.shape)}"
             )
-        for name, t in (("means", self.means), ("precisions", self.precisions),
-                        ("log_weights", self.log_weights)):
+        for name, t in (
+            ("means", self.means),
+            ("precisions", self.precisions),
+            ("log_weights", self.log_weights),
+        ):
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} contains NaN or inf; fit the mixture with shrinkage")
         for k in range(K):

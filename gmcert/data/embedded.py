@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-
-from scipy import stats
 
 from gmcert.data import GroundTruth, LabelledData, Split
 
@@ -81,8 +80,14 @@ def synthetic_parameters(*, num_classes, dim, separation, covariance, seed):
 
 
 def build_synthetic(
-    *, num_classes=2, dim=2, separation=3.0, covariance="isotropic", n_train=2000,
-    n_test=1000, seed=0,
+    *,
+    num_classes=2,
+    dim=2,
+    separation=3.0,
+    covariance="isotropic",
+    n_train=2000,
+    n_test=1000,
+    seed=0,
 ) -> LabelledData:
     """An exact Gaussian mixture with equal priors: the case where Q can equal P."""
     if num_classes < 2:
@@ -125,8 +130,9 @@ def build_distorted(
 
     if nu <= 2:
         raise ValueError(f"dataset.nu must be > 2 (finite covariance), got {nu}")
-    means, _ = synthetic_parameters(num_classes=num_classes, dim=dim, separation=separation,
-                                    covariance="isotropic", seed=seed)
+    means, _ = synthetic_parameters(
+        num_classes=num_classes, dim=dim, separation=separation, covariance="isotropic", seed=seed
+    )
     scale = np.eye(dim) * ((nu - 2) / nu if np.isfinite(nu) else 1.0)
     priors = np.full(num_classes, 1.0 / num_classes)
 
@@ -142,5 +148,12 @@ def build_distorted(
 
     x_train, y_train = sample(n_train, seed + 1)
     x_test, y_test = sample(n_test, seed + 2)
-    return _arrays_to_data("distorted", x_train, y_train, x_test, y_test, num_classes,
-                           GroundTruth(sample=sample, log_joint=log_joint))
+    return _arrays_to_data(
+        "distorted",
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        num_classes,
+        GroundTruth(sample=sample, log_joint=log_joint),
+    )
