@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from gmcert.bounds import kl_inverse_lower
 from gmcert.certify import CertifyContext, build_method
 from gmcert.certify.latent import NORMS, resolve_device
+from gmcert.certify.population import two_class_certified_accuracy
 from gmcert.data import LabelledData, build_dataset
 from gmcert.degradation import add_bound_columns, eps_from_estimates, sensitivity_curves
 from gmcert.divergence import estimate_eps, gaussianity_tests
@@ -380,36 +381,51 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _population_column(table, methods, lipschitz, cfg) -> dict | None:
-    """Add CA under Q (Monte Carlo from the fitted mixture) beside the closed-form rows."""
+    """Add CA under Q beside the closed-form rows: in closed form for two equiprobable classes
+    with a shared covariance (THEORY.md 5), by Monte Carlo from the fitted Q otherwise."""
     table["population_Q"] = np.nan
     closed = [m for m in methods if m.name == "closed_form"]
     if not closed or cfg.certify.population_samples <= 0:
         return None
     rows = table["method"] == "closed_form"
     scale = lipschitz if table.loc[rows, "space"].iloc[0] == "input" else 1.0
-    mc = population_certified_accuracy(
-        closed[0].ctx.mixture,
-        closed[0].certifier,
-        table.loc[rows, "radius"].to_numpy() * scale,
-        samples=cfg.certify.population_samples,
-        alpha=cfg.certify.ci_alpha,
-        seed=cfg.seed,
-    )
-    table.loc[rows, "population_Q"] = mc["certified_accuracy"].to_numpy()
+    radii = table.loc[rows, "radius"].to_numpy() * scale
     mixture = closed[0].ctx.mixture
-    result = {
-        "method": "monte_carlo",
-        "samples": cfg.certify.population_samples,
-        "ci_low": mc["ci_low"].tolist(),
-        "ci_high": mc["ci_high"].tolist(),
-    }
+    two_class_bayes = (
+        len(mixture.classes_) == 2
+        and mixture.is_linear_
+        and mixture.tau == 0
+        and np.allclose(mixture.priors_, 0.5, rtol=0, atol=1e-12)
+    )
+    if two_class_bayes:
+        exact = two_class_certified_accuracy(
+            mixture.means_[0], mixture.means_[1], mixture.covariances_, radii, norm=cfg.certify.norm
+        )
+        table.loc[rows, "population_Q"] = exact
+        result = {"method": "closed_form", "ci_low": exact.tolist(), "ci_high": exact.tolist()}
+    else:
+        mc = population_certified_accuracy(
+            mixture,
+            closed[0].certifier,
+            radii,
+            samples=cfg.certify.population_samples,
+            alpha=cfg.certify.ci_alpha,
+            seed=cfg.seed,
+        )
+        table.loc[rows, "population_Q"] = mc["certified_accuracy"].to_numpy()
+        result = {
+            "method": "monte_carlo",
+            "samples": cfg.certify.population_samples,
+            "ci_low": mc["ci_low"].tolist(),
+            "ci_high": mc["ci_high"].tolist(),
+        }
     if mixture.is_linear_ and cfg.certify.norm == "l2":
         # The optimal robust accuracy under Q: no classifier can beat it (THEORY.md 5).
         ceiling = [
             pairwise_robust_accuracy_ceiling(
                 mixture.means_, mixture.covariances_, mixture.priors_, rho
             )
-            for rho in table.loc[rows, "radius"].to_numpy() * scale
+            for rho in radii
         ]
         table["ceiling_Q"] = np.nan
         table.loc[rows, "ceiling_Q"] = ceiling
