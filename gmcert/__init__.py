@@ -3,8 +3,12 @@
 The small public API; the command line (``gmcert-run``, ``gmcert-report``) wraps the same.
 """
 
+from gmcert.bounds import kl_inverse_lower
 from gmcert.certify import ABSTAIN
 from gmcert.certify.latent import LinearCertifier
+from gmcert.certify.quadratic import QuadraticCertifier
+from gmcert.certify.smoothing import SmoothedClassifier
+from gmcert.divergence import estimate_eps
 from gmcert.evaluate import certified_accuracy
 from gmcert.mixture import GaussianMixtureClassifier
 
@@ -14,7 +18,11 @@ __all__ = [
     "ABSTAIN",
     "GaussianMixtureClassifier",
     "LinearCertifier",
+    "QuadraticCertifier",
+    "SmoothedClassifier",
     "certified_accuracy",
+    "estimate_eps",
+    "kl_inverse_lower",
     "run",
 ]
 

@@ -233,9 +233,9 @@ def plot_runs(combined: pd.DataFrame, path) -> None:
         title="solid: measured; dashed: CA under Q; dash-dot: ceiling under Q",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    # Run names can be long: the legend goes beside the axes, and the figure grows to fit it.
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
     plt.close(fig)
 
 

@@ -3,12 +3,12 @@ classifier for randomized smoothing: the fitted mixture's Bayes rule, and a line
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 
@@ -44,21 +44,27 @@ class MixtureHead(nn.Module):
         return self.log_weights - 0.5 * quad
 
 
+@dataclass
+class LinearProbe:
+    """Logistic regression on (z - mean) / scale, with one global scale: unlike per-feature
+    standardisation, this keeps the L2 penalty's geometry on the raw latents (it only rescales
+    C), so near-constant features do not get large weights; it just conditions the solver."""
+
+    logistic: LogisticRegression
+    mean: np.ndarray
+    scale: float
+
+
 class LinearProbeHead(nn.Module):
-    """Multinomial logistic regression on the latents: the standard linear-probe baseline.
+    """The linear-probe baseline as one affine map of the raw latents."""
 
-    The probe is fitted on standardised latents (for the solver's conditioning); the scaler is
-    folded into the weights, so the head is one affine map of the raw latents.
-    """
-
-    def __init__(self, probe: Pipeline):
+    def __init__(self, probe: LinearProbe):
         super().__init__()
-        scaler, logistic = probe.named_steps["scale"], probe.named_steps["logistic"]
-        weight = logistic.coef_ / scaler.scale_
-        bias = logistic.intercept_ - weight @ scaler.mean_
+        weight = probe.logistic.coef_ / probe.scale
+        bias = probe.logistic.intercept_ - weight @ probe.mean
         self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
         self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
-        self.classes = logistic.classes_
+        self.classes = probe.logistic.classes_
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         scores = torch.addmm(self.bias, z.float(), self.weight.T)
@@ -69,27 +75,29 @@ class LinearProbeHead(nn.Module):
 
 def fit_linear_probe(
     Z_train, y_train, *, seed: int, C_grid=(0.01, 0.1, 1.0, 10.0), holdout_fraction: float = 0.2
-) -> Pipeline:
-    """Standardise + logistic regression, with C chosen on a held-out split of train (never on
-    test), then refitted on all of train."""
+) -> LinearProbe:
+    """Logistic regression with C chosen on a held-out split of train (never on test), then
+    refitted on all of train."""
     Z = np.asarray(Z_train, np.float64)
+    mean = Z.mean(axis=0)
+    scale = float(np.sqrt(((Z - mean) ** 2).sum(axis=1).mean())) or 1.0
+    X = (Z - mean) / scale
 
     def probe(C):
-        return Pipeline(
-            [
-                ("scale", StandardScaler()),
-                ("logistic", LogisticRegression(C=C, max_iter=1000, random_state=seed)),
-            ]
-        )
+        return LogisticRegression(C=C, max_iter=1000, random_state=seed)
 
     try:
         fit_idx, val_idx = train_test_split(
-            np.arange(len(y_train)), test_size=holdout_fraction, stratify=y_train, random_state=seed
+            np.arange(len(y_train)),
+            test_size=holdout_fraction,
+            stratify=y_train,
+            random_state=seed,
         )
+        scores = [
+            probe(C).fit(X[fit_idx], y_train[fit_idx]).score(X[val_idx], y_train[val_idx])
+            for C in C_grid
+        ]
+        best = C_grid[int(np.argmax(scores))]
     except ValueError:  # too few samples per class to hold any out: keep the default C = 1
-        return probe(1.0).fit(Z, y_train)
-    scores = [
-        probe(C).fit(Z[fit_idx], y_train[fit_idx]).score(Z[val_idx], y_train[val_idx])
-        for C in C_grid
-    ]
-    return probe(C_grid[int(np.argmax(scores))]).fit(Z, y_train)
+        best = 1.0
+    return LinearProbe(probe(best).fit(X, y_train), mean, scale)

@@ -510,14 +510,22 @@ def degradation_stage(
         table.loc[rows, "bound_at_true_eps"] = kl_inverse_lower(low, max(eps_true, 0.0))
     above = bool(table.loc[rows, "above_bound"].all())
     result["measured_above_bound"] = above
-    result["verdict"] = (
-        f"measured certified accuracy is {'at or above' if above else 'BELOW'} the bound at "
-        f"eps = {eps:.4g} ({result['eps_source']}) at every radius"
-        if above
-        else f"measured certified accuracy falls BELOW the bound at eps = {eps:.4g} at radii "
-        f"{table.loc[rows & ~table['above_bound'].fillna(True), 'radius'].tolist()}: "
-        "KL(P || Q) <= eps is falsified by these data"
-    )
+    if not above:
+        failing = table.loc[rows & ~table["above_bound"].fillna(True), "radius"].tolist()
+        result["verdict"] = (
+            f"measured certified accuracy falls BELOW the bound at eps = {eps:.4g} at radii "
+            f"{failing}: KL(P || Q) <= eps is falsified by these data"
+        )
+    elif (table.loc[rows, "bound_at_eps"] <= 0).all():
+        result["verdict"] = (
+            f"the bound at eps = {eps:.4g} ({result['eps_source']}) is 0 at every radius: "
+            "vacuous, the latents are too far from the mixture for eps to guarantee anything"
+        )
+    else:
+        result["verdict"] = (
+            f"measured certified accuracy is at or above the bound at eps = {eps:.4g} "
+            f"({result['eps_source']}) at every radius"
+        )
     log.info(result["verdict"])
     top = max(10.0, 2 * (eps_upper or eps or 0.0))
     grid = np.geomspace(1e-3, top, 200)

@@ -11,6 +11,13 @@ import pandas as pd  # noqa: E402
 
 from gmcert.io import atomic_write  # noqa: E402
 
+# Columns drawn beside the measured curve: (column, line style, legend label).
+REFERENCE_CURVES = (
+    ("population_Q", "--", "CA under Q"),
+    ("ceiling_Q", "-.", "ceiling under Q"),
+    ("bound_at_eps", ":", "bound at eps"),
+)
+
 
 def certified_accuracy_curve(correct, radii, grid) -> np.ndarray:
     """CA(r) on a grid: the fraction of points both correct and certified at radius >= r."""
@@ -53,32 +60,16 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
             markersize=3,
             capsize=2,
         )
-        if "population_Q" in at and at["population_Q"].notna().any():
-            ax.plot(
-                at["radius"],
-                at["population_Q"],
-                "--",
-                color=line.get_color(),
-                alpha=0.6,
-                label=f"{method}: CA under Q",
-            )
-        if "ceiling_Q" in at and at["ceiling_Q"].notna().any():
-            ax.plot(
-                at["radius"],
-                at["ceiling_Q"],
-                "-.",
-                color=line.get_color(),
-                alpha=0.6,
-                label=f"{method}: ceiling under Q",
-            )
-        if "bound_at_eps" in at and at["bound_at_eps"].notna().any():
-            ax.plot(
-                at["radius"],
-                at["bound_at_eps"],
-                ":",
-                color=line.get_color(),
-                label=f"{method}: bound at eps",
-            )
+        for column, style, label in REFERENCE_CURVES:
+            if column in at and at[column].notna().any():
+                ax.plot(
+                    at["radius"],
+                    at[column],
+                    style,
+                    color=line.get_color(),
+                    alpha=0.7,
+                    label=f"{method}: {label}",
+                )
     norm = table["norm"].iloc[0]
     ax.set(xlabel=f"{norm} radius", ylabel="certified accuracy", ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)

@@ -16,18 +16,7 @@ from PIL import Image
 
 from gmcert.data import vision
 
-CIFAR_NAMES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
+CIFAR_NAMES = list(vision.CIFAR10_CLASSES)
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 TRAIN_COUNTS = [4, 3, 5]
 VAL_PER_CLASS = 3

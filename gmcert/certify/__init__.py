@@ -123,7 +123,8 @@ class Smoothing:
             module, self.classes = MixtureHead(ctx.mixture), ctx.mixture.classes_
         else:
             probe = fit_linear_probe(ctx.extra["train_latents"], data.train.labels, seed=self.seed)
-            module, self.classes = LinearProbeHead(probe), probe.classes_
+            module = LinearProbeHead(probe)
+            self.classes = module.classes
         base = torch.nn.Sequential(ctx.extra["encoder"], module).eval().to(ctx.device)
         self.smoothed = SmoothedClassifier(
             base, len(self.classes), opts.sigma, device=ctx.device, batch_size=opts.noise_batch
