@@ -90,6 +90,8 @@ class PretrainedConfig:
     # A declared l2 Lipschitz bound, "spectral" (computed where honest), or null (latent units).
     lipschitz: Any = None
     image_size: int | None = None
+    # clip / dinov2 only: let open_clip / timm read their hub cache (they may download).
+    allow_download: bool = False
     batch_size: int = 128
     num_workers: int = 2
     bf16: bool = True

@@ -69,10 +69,12 @@ class PCAEncoder(nn.Module):
         return (x.flatten(1) - self.mean) @ self.weight.T
 
 
-def _pretrained(**kwargs) -> nn.Module:
+def _pretrained(*, name: str, allow_download: bool = False, **kwargs) -> nn.Module:
     from gmcert.encoders.pretrained import build_pretrained
 
-    return build_pretrained(**kwargs)
+    if name in HUB_LOADED:  # torchvision weights never download: only the hub libraries ask
+        kwargs["allow_download"] = allow_download
+    return build_pretrained(name, **kwargs)
 
 
 ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -80,6 +82,7 @@ ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "pca": lambda *, n_components, whiten: PCAEncoder(n_components=n_components, whiten=whiten),
 }
 PRETRAINED = ("resnet50", "vit", "clip", "dinov2")
+HUB_LOADED = ("clip", "dinov2")
 
 
 def build_encoder(name: str, **options) -> nn.Module:
