@@ -6,11 +6,11 @@ Writes outputs/bench/certify.json. Target (issue 2): certify time <= 1.5x the ba
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from gmcert.certify.latent import LinearCertifier
 from gmcert.io import write_json
@@ -18,16 +18,6 @@ from gmcert.io import write_json
 SHAPES = [(10, 512), (1000, 768)]
 BATCH = 4096
 ROWS = 32768
-
-
-def median_seconds(fn, repeats=7):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def bench(num_classes, dim, dtype, device):

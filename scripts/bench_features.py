@@ -8,11 +8,11 @@ here); on CUDA the same script also times the bf16 / channels_last path.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from gmcert.encoders.pretrained import build_pretrained
 from gmcert.features import extract_features
@@ -20,16 +20,6 @@ from gmcert.io import write_json
 
 IMAGES = 512
 BATCH = 128
-
-
-def median_seconds(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def bench(name, device):
@@ -49,7 +39,7 @@ def bench(name, device):
         )
         sync()
 
-    t_bare, t_extract = median_seconds(bare), median_seconds(extract)
+    t_bare, t_extract = median_seconds(bare, 3), median_seconds(extract, 3)
     return {
         "encoder": name,
         "device": device.type,
