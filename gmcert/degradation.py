@@ -29,7 +29,12 @@ def eps_from_estimates(estimates: dict) -> dict:
 
 
 def add_bound_columns(
-    table: pd.DataFrame, *, population_low, eps: float, eps_upper: float | None = None
+    table: pd.DataFrame,
+    *,
+    population_low,
+    eps: float,
+    eps_upper: float | None = None,
+    eps_true: float | None = None,
 ) -> pd.DataFrame:
     """Bound columns on the rows that have CA under Q (``population_low`` aligned with them).
 
@@ -49,9 +54,11 @@ def add_bound_columns(
     }.items():
         table[column] = np.nan
         table.loc[rows, column] = values
-    if eps_upper is not None:
-        table["bound_at_eps_upper"] = np.nan
-        table.loc[rows, "bound_at_eps_upper"] = kl_inverse_lower(q, eps_upper)
+    # At the interval's upper end; at the true eps where the data's law is known.
+    for column, value in (("bound_at_eps_upper", eps_upper), ("bound_at_true_eps", eps_true)):
+        if value is not None:
+            table[column] = np.nan
+            table.loc[rows, column] = kl_inverse_lower(q, value)
     table["above_bound"] = pd.Series(pd.NA, index=table.index, dtype="boolean")
     table.loc[rows, "above_bound"] = (
         table.loc[rows, "ci_high"] >= table.loc[rows, "bound_at_eps"] - 1e-12

@@ -28,17 +28,6 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
-class _ArrayDataset(Dataset):
-    def __init__(self, inputs: np.ndarray):
-        self.inputs = inputs
-
-    def __len__(self):
-        return len(self.inputs)
-
-    def __getitem__(self, i):
-        return torch.from_numpy(np.asarray(self.inputs[i], dtype=np.float32)), 0
-
-
 @torch.inference_mode()
 def extract_features(
     encoder: torch.nn.Module,

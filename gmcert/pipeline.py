@@ -15,16 +15,14 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from scipy import stats
 from tqdm.auto import tqdm
 
-from gmcert.bounds import kl_inverse_lower
 from gmcert.certify import CertifyContext, build_method
 from gmcert.certify.latent import NORMS, resolve_device
 from gmcert.certify.population import two_class_certified_accuracy
-from gmcert.data import LabelledData, build_dataset
+from gmcert.data import LabelledData, build_dataset, class_log_joint
 from gmcert.degradation import add_bound_columns, eps_from_estimates, sensitivity_curves
-from gmcert.divergence import estimate_eps, gaussianity_tests
+from gmcert.divergence import estimate_eps, gaussian_logpdf, gaussianity_tests
 from gmcert.encoders import PRETRAINED, build_encoder
 from gmcert.evaluate import (
     average_certified_radius,
@@ -499,15 +497,18 @@ def degradation_stage(
     result["eps_used"] = eps
     result["eps_source"] = "stated budget" if div_cfg.eps is not None else "estimate"
     low = np.asarray(population["ci_low"])
-    add_bound_columns(
-        table, population_low=low, eps=eps, eps_upper=eps_upper if div_cfg.eps is None else None
-    )
-    rows = table["population_Q"].notna()
+    eps_true = None
     if truth is not None:
         # 3 standard errors above the Monte Carlo estimate: the bound at the true eps, safely.
-        eps_true = result["eps_true"]["estimate"] + 3 * result["eps_true"]["stderr"]
-        table["bound_at_true_eps"] = np.nan
-        table.loc[rows, "bound_at_true_eps"] = kl_inverse_lower(low, max(eps_true, 0.0))
+        eps_true = max(result["eps_true"]["estimate"] + 3 * result["eps_true"]["stderr"], 0.0)
+    add_bound_columns(
+        table,
+        population_low=low,
+        eps=eps,
+        eps_upper=eps_upper if div_cfg.eps is None else None,
+        eps_true=eps_true,
+    )
+    rows = table["population_Q"].notna()
     above = bool(table.loc[rows, "above_bound"].all())
     result["measured_above_bound"] = above
     if not above:
@@ -544,12 +545,10 @@ def true_kl(truth, mixture, *, samples: int, seed: int) -> dict:
     """KL(P || Q) = E_P[log P(z, y) - log Q(z, y)] by Monte Carlo from the exact law P."""
     Z, y = truth.sample(samples, seed)
     codes = np.searchsorted(mixture.classes_, y)
-    log_q = np.empty(len(y))
-    for k, cov in enumerate(mixture.class_covariances()):  # Q itself, not the robust rule
-        idx = codes == k
-        log_q[idx] = np.log(mixture.priors_[k]) + stats.multivariate_normal.logpdf(
-            Z[idx], mixture.means_[k], cov
-        )
+    covs = mixture.class_covariances()  # Q itself, not the robust rule's Sigma + tau I
+    log_q = class_log_joint(
+        Z, codes, mixture.priors_, lambda zk, k: gaussian_logpdf(zk, mixture.means_[k], covs[k])
+    )
     diff = truth.log_joint(Z, y) - log_q
     return {
         "estimate": float(diff.mean()),

@@ -34,6 +34,15 @@ class GroundTruth:
     log_joint: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (X, y) -> log P(x, y), (n,)
 
 
+def class_log_joint(x, y, priors, class_logpdf) -> np.ndarray:
+    """log pi_y + log p(x | y) for each row, with ``class_logpdf(x_k, k)`` the class density."""
+    out = np.empty(len(y))
+    for k, prior in enumerate(priors):
+        idx = y == k
+        out[idx] = np.log(prior) + class_logpdf(x[idx], k)
+    return out
+
+
 @dataclass
 class LabelledData:
     name: str

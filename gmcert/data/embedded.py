@@ -7,7 +7,7 @@ from scipy import stats
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from gmcert.data import GroundTruth, LabelledData, Split
+from gmcert.data import GroundTruth, LabelledData, Split, class_log_joint
 
 
 def _arrays_to_data(name, x_train, y_train, x_test, y_test, num_classes, truth=None):
@@ -102,13 +102,9 @@ def build_synthetic(
     covs = np.broadcast_to(cov, (num_classes, dim, dim))
 
     def log_joint(x, y):
-        out = np.empty(len(y))
-        for k in range(num_classes):
-            idx = y == k
-            out[idx] = np.log(priors[k]) + stats.multivariate_normal.logpdf(
-                x[idx], means[k], covs[k]
-            )
-        return out
+        return class_log_joint(
+            x, y, priors, lambda xk, k: stats.multivariate_normal.logpdf(xk, means[k], covs[k])
+        )
 
     truth = GroundTruth(
         sample=lambda n, s: sample_mixture(n, means, cov, priors, np.random.default_rng(s)),
@@ -140,11 +136,9 @@ def build_distorted(
         return sample_student_t_mixture(n, means, scale, nu, priors, random_state=s)
 
     def log_joint(x, y):
-        out = np.empty(len(y))
-        for k in range(num_classes):
-            idx = y == k
-            out[idx] = np.log(priors[k]) + student_t_logpdf(x[idx], means[k], scale, nu)
-        return out
+        return class_log_joint(
+            x, y, priors, lambda xk, k: student_t_logpdf(xk, means[k], scale, nu)
+        )
 
     x_train, y_train = sample(n_train, seed + 1)
     x_test, y_test = sample(n_test, seed + 2)
