@@ -3,14 +3,14 @@
 The small public API; the command line (``gmcert-run``, ``gmcert-report``) wraps the same.
 """
 
-from gmcert.bounds import kl_inverse_lower
+from gmcert.bounds.kl import kl_inverse_lower
 from gmcert.certify import ABSTAIN
-from gmcert.certify.latent import LinearCertifier
+from gmcert.certify.linear import LinearCertifier
 from gmcert.certify.quadratic import QuadraticCertifier
 from gmcert.certify.smoothing import SmoothedClassifier
-from gmcert.divergence import estimate_eps
-from gmcert.evaluate import certified_accuracy
-from gmcert.mixture import GaussianMixtureClassifier
+from gmcert.eps.estimators import estimate_eps
+from gmcert.models.mixture import GaussianMixtureClassifier
+from gmcert.report.table import certified_accuracy
 
 __version__ = "0.1.0"
 

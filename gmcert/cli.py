@@ -40,7 +40,7 @@ def run_job(cfg: DictConfig) -> dict | None:
             print(f"gmcert: error: {err}", file=sys.stderr)
             sys.exit(2)
         raise
-    from gmcert.report import format_table, read_table
+    from gmcert.report.plots import format_table, read_table
 
     print(f"\n{format_table(read_table(out_dir))}\n")
     print(f"radii: {metrics['radius_units']}")
@@ -69,7 +69,7 @@ def run_main(cfg: DictConfig) -> None:
 
 
 def report_main(argv: list[str] | None = None) -> None:
-    from gmcert.aggregate import report_cli
+    from gmcert.report.sweep import report_cli
 
     sys.exit(report_cli(sys.argv[1:] if argv is None else argv))
 

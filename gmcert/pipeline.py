@@ -17,24 +17,24 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from gmcert.bounds.degradation import add_bound_columns, eps_from_estimates, sensitivity_curves
 from gmcert.certify import CertifyContext, build_method
-from gmcert.certify.latent import NORMS, resolve_device
-from gmcert.certify.population import two_class_certified_accuracy
+from gmcert.certify.linear import NORMS, resolve_device
 from gmcert.data import LabelledData, build_dataset, class_log_joint
-from gmcert.degradation import add_bound_columns, eps_from_estimates, sensitivity_curves
-from gmcert.divergence import estimate_eps, gaussian_logpdf, gaussianity_tests
 from gmcert.encoders import PRETRAINED, build_encoder
-from gmcert.evaluate import (
+from gmcert.eps.estimators import estimate_eps, gaussian_logpdf, gaussianity_tests
+from gmcert.features import cached, extract_features, file_digest
+from gmcert.io import PredictionLog, write_csv, write_json
+from gmcert.models.mixture import GaussianMixtureClassifier
+from gmcert.population.accuracy import two_class_certified_accuracy
+from gmcert.population.ceiling import pairwise_robust_accuracy_ceiling
+from gmcert.report.plots import plot_certified_accuracy, plot_eps_sensitivity
+from gmcert.report.published import published_rows
+from gmcert.report.table import (
     average_certified_radius,
     certified_accuracy,
     population_certified_accuracy,
 )
-from gmcert.features import cached, extract_features, file_digest
-from gmcert.io import PredictionLog, write_csv, write_json
-from gmcert.mixture import GaussianMixtureClassifier
-from gmcert.reference import published_rows
-from gmcert.report import plot_certified_accuracy, plot_eps_sensitivity
-from gmcert.robust import pairwise_robust_accuracy_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def fit_mixture(Z_train, y_train, mixture_cfg, *, seed: int) -> GaussianMixtureC
     holdout = opts.pop("holdout_fraction")
     mixture = GaussianMixtureClassifier(**opts, random_state=seed)
     if robust_radius is not None:
-        from gmcert.robust_fit import fit_robust_mixture
+        from gmcert.models.fitting import fit_robust_mixture
 
         return fit_robust_mixture(
             mixture, Z_train, y_train, radius=robust_radius, holdout_fraction=holdout, seed=seed

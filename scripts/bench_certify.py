@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from timing import median_seconds
 
-from gmcert.certify.latent import LinearCertifier
+from gmcert.certify.linear import LinearCertifier
 from gmcert.io import write_json
 
 SHAPES = [(10, 512), (1000, 768)]

@@ -1,4 +1,4 @@
-"""Benchmark the eps estimators of gmcert.divergence on held-out-sized synthetic latents.
+"""Benchmark the eps estimators of gmcert.eps.estimators on held-out-sized synthetic latents.
 
 For each dimension d (default 64 and 768), on n = 10k latents:
 
@@ -7,7 +7,7 @@ For each dimension d (default 64 and 768), on n = 10k latents:
   for comparison), plugin, dv (generative), dv_logistic, Mardia's test;
 * ``estimate_eps`` for a K = 10 class Student-t mixture (n / K per class) with its bootstrap.
 
-The data are Student-t classes (gmcert.data.distorted) against the moment-matched Gaussian, so
+The data are Student-t classes (gmcert.data.student_t) against the moment-matched Gaussian, so
 every estimate is printed beside the exact KL. Timings are wall-clock seconds on the device
 given (CPU by default); the load average is recorded because a shared machine inflates them.
 
@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gmcert.data.distorted import (
+from gmcert.data.student_t import (
     kl_student_t_to_gaussian,
     moment_matched_covariance,
     sample_student_t_mixture,
 )
-from gmcert.divergence import (
+from gmcert.eps.estimators import (
     estimate_eps,
     kl_dv_gaussian,
     kl_knn,

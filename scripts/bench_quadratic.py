@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gmcert.certify.latent import LinearCertifier
+from gmcert.certify.linear import LinearCertifier
 from gmcert.certify.quadratic import QuadraticCertifier
 from gmcert.io import write_json
-from gmcert.mixture import GaussianMixtureClassifier
+from gmcert.models.mixture import GaussianMixtureClassifier
 
 ROWS = 2048
 

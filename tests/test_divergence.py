@@ -1,4 +1,4 @@
-"""eps estimators (gmcert.divergence) and the Student-t distortion (gmcert.data.distorted).
+"""eps estimators (gmcert.eps.estimators) and the Student-t distortion (gmcert.data.student_t).
 
 Every numeric check is against a closed form or a definition (Gaussian KL, Student-t density
 and entropy from scipy, mpmath at high precision, brute-force distances, the null law of a
@@ -22,7 +22,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import cdist
 
-from gmcert.data.distorted import (
+from gmcert.data.student_t import (
     kl_monte_carlo,
     kl_student_t_to_gaussian,
     moment_matched_covariance,
@@ -30,7 +30,7 @@ from gmcert.data.distorted import (
     student_t_entropy,
     student_t_logpdf,
 )
-from gmcert.divergence import (
+from gmcert.eps.estimators import (
     TermEstimate,
     bootstrap_ci,
     entropy_kozachenko_leonenko,
@@ -651,7 +651,7 @@ def test_slow_bootstrap_coverage_d2():
 def test_generative_discriminator_density_is_the_shrunk_student_t(n):
     """The DV generative model evaluates t_nu(lam m, (1-lam) I + lam C_hat) exactly, also when
     C_hat has rank < d (thin-SVD path): checked against the reference density."""
-    from gmcert.divergence import _principal_axes, _ShrunkStudentT
+    from gmcert.eps.estimators import _principal_axes, _ShrunkStudentT
 
     d = 12
     rng = np.random.default_rng(27)

@@ -14,7 +14,7 @@ import pytest
 from conftest import CONFIGS
 from test_vision_data import write_cifar10, write_imagenet
 
-from gmcert.aggregate import report
+from gmcert.report.sweep import report
 
 TINY = [
     "certify.population_samples=2000",

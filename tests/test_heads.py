@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gmcert.data.embedded import build_digits
-from gmcert.heads import LinearProbeHead, MixtureHead, fit_linear_probe
-from gmcert.mixture import GaussianMixtureClassifier
+from gmcert.data.digits import build_digits
+from gmcert.models.heads import LinearProbeHead, MixtureHead, fit_linear_probe
+from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.pipeline import run
 
 

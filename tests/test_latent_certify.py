@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmcert.certify.latent import LinearCertifier, gram_pairwise_l2
+from gmcert.certify.linear import LinearCertifier, gram_pairwise_l2
 
 
 def random_linear_model(rng, num_classes, dim):

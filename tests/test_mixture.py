@@ -19,7 +19,7 @@ from sklearn.discriminant_analysis import (
 from sklearn.naive_bayes import GaussianNB
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from gmcert.mixture import COVARIANCE_FAMILIES, SHRINKAGE_RULES, GaussianMixtureClassifier
+from gmcert.models.mixture import COVARIANCE_FAMILIES, SHRINKAGE_RULES, GaussianMixtureClassifier
 
 G = GaussianMixtureClassifier
 TIGHT = dict(rtol=1e-10, atol=1e-10)

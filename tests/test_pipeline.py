@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from gmcert.data import DATASET_BUILDERS
-from gmcert.data.embedded import build_digits
+from gmcert.data.digits import build_digits
 from gmcert.io import PredictionLog
 from gmcert.pipeline import run
 

@@ -7,11 +7,10 @@ import pytest
 from scipy import stats
 
 from gmcert.certify import certify_latents
-from gmcert.certify.latent import LinearCertifier
-from gmcert.certify.population import two_class_certified_accuracy
-from gmcert.data.embedded import sample_mixture
-from gmcert.evaluate import population_certified_accuracy
-from gmcert.mixture import GaussianMixtureClassifier
+from gmcert.certify.linear import LinearCertifier
+from gmcert.models.mixture import GaussianMixtureClassifier, sample_gaussian_mixture
+from gmcert.population.accuracy import two_class_certified_accuracy
+from gmcert.report.table import population_certified_accuracy
 
 
 def bayes_head(means, cov):
@@ -32,7 +31,7 @@ def test_closed_form_matches_200k_samples(norm):
     radii = np.array([0.0, 0.1, 0.3, 0.6, 1.0])
     predicted = two_class_certified_accuracy(means[0], means[1], cov, radii, norm=norm)
 
-    Z, y = sample_mixture(200_000, means, cov, [0.5, 0.5], rng)
+    Z, y = sample_gaussian_mixture(200_000, means, cov, [0.5, 0.5], rng)
     M, c = bayes_head(means, cov)
     codes, radius = certify_latents(LinearCertifier(M, c, norm=norm), Z, batch_size=65536)
     measured = ((codes == y)[None, :] & (radius[None, :] >= radii[:, None])).mean(axis=1)
@@ -45,7 +44,7 @@ def test_monte_carlo_population_agrees_with_closed_form():
     rng = np.random.default_rng(1)
     means = np.array([[1.0, 0.0, 0.0], [-1.0, 0.5, 0.0]])
     cov = np.diag([1.0, 0.5, 2.0])
-    Z, y = sample_mixture(4000, means, cov, [0.5, 0.5], rng)
+    Z, y = sample_gaussian_mixture(4000, means, cov, [0.5, 0.5], rng)
     mixture = GaussianMixtureClassifier(shrinkage="none", priors="uniform").fit(Z, y)
     M, c = mixture.linear_head()
     radii = np.array([0.0, 0.2, 0.5])

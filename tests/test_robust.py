@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy import optimize, special, stats
 
-from gmcert.certify.population import optimal_robust_accuracy, two_class_certified_accuracy
-from gmcert.robust import (
+from gmcert.population.accuracy import optimal_robust_accuracy, two_class_certified_accuracy
+from gmcert.population.ceiling import (
     _exact_matching,
     _greedy_matching,
     impossibility_radius,

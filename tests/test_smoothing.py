@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
-from gmcert.bounds import clopper_pearson_lower
+from gmcert.bounds.confidence import clopper_pearson_lower
 from gmcert.certify.smoothing import ABSTAIN, Certificate, SmoothedClassifier, radius_cap
 
 # ----------------------------------------------------------------------------- base classifiers

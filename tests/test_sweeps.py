@@ -8,8 +8,8 @@ import sys
 
 import pandas as pd
 
-from gmcert.aggregate import report
 from gmcert.pipeline import run
+from gmcert.report.sweep import report
 
 FAST = ["certify=closed_form", "certify.population_samples=2000", "divergence.enabled=false"]
 

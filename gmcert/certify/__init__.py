@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gmcert.certify.latent import LinearCertifier
+from gmcert.certify.linear import LinearCertifier
 
 ABSTAIN = -1
 
@@ -111,7 +111,7 @@ class Smoothing:
 
     def __init__(self, ctx: CertifyContext, *, head: str):
         from gmcert.certify.smoothing import SmoothedClassifier, radius_cap
-        from gmcert.heads import LinearProbeHead, MixtureHead, fit_linear_probe
+        from gmcert.models.heads import LinearProbeHead, MixtureHead, fit_linear_probe
 
         self.name = f"smoothing_{head}"
         self.ctx = ctx

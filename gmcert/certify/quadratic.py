@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gmcert.certify.latent import resolve_device
+from gmcert.certify.linear import resolve_device
 
 __all__ = [
     "NORMS",
@@ -551,7 +551,7 @@ class QuadraticCertifier:
 
     def certify(self, Z) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions (n,) int64, radii (n,) in latent ``norm`` units), the interface shared
-        with :class:`gmcert.certify.latent.LinearCertifier`."""
+        with :class:`gmcert.certify.linear.LinearCertifier`."""
         Z = self._points(Z)
         pred = self.predict(Z)
         return pred, self.certificate(Z, pred).radius

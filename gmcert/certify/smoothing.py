@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from gmcert.bounds import clopper_pearson_lower
+from gmcert.bounds.confidence import clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "radius_cap"]
 

@@ -52,6 +52,20 @@ class LabelledData:
     class_names: list[str]
     truth: GroundTruth | None = None
 
+    @classmethod
+    def from_arrays(cls, name, x_train, y_train, x_test, y_test, num_classes, truth=None):
+        """In-memory splits: float32 inputs, int64 labels, indices 0..n-1."""
+        return cls(
+            name=name,
+            train=Split(
+                x_train.astype(np.float32), y_train.astype(np.int64), np.arange(len(y_train))
+            ),
+            test=Split(x_test.astype(np.float32), y_test.astype(np.int64), np.arange(len(y_test))),
+            num_classes=num_classes,
+            class_names=[str(k) for k in range(num_classes)],
+            truth=truth,
+        )
+
 
 def validate_split(split: Split, *, name: str, num_classes: int) -> None:
     """Fail early, with the fix, on the data errors that would otherwise surface deep inside."""
@@ -84,30 +98,23 @@ def validate_split(split: Split, *, name: str, num_classes: int) -> None:
             )
 
 
-def _embedded(name):
+def _builder(module: str, name: str):
+    """Import the dataset's module only when it is used (vision needs torchvision, say)."""
+
     def build(**options):
-        from gmcert.data import embedded
+        import importlib
 
-        return getattr(embedded, f"build_{name}")(**options)
-
-    return build
-
-
-def _vision(name):
-    def build(**options):
-        from gmcert.data import vision
-
-        return getattr(vision, f"build_{name}")(**options)
+        return getattr(importlib.import_module(f"gmcert.data.{module}"), f"build_{name}")(**options)
 
     return build
 
 
 DATASET_BUILDERS = {
-    "digits": _embedded("digits"),
-    "synthetic": _embedded("synthetic"),
-    "distorted": _embedded("distorted"),
-    "cifar10": _vision("cifar10"),
-    "imagenet": _vision("imagenet"),
+    "digits": _builder("digits", "digits"),
+    "synthetic": _builder("synthetic", "synthetic"),
+    "distorted": _builder("student_t", "distorted"),
+    "cifar10": _builder("vision", "cifar10"),
+    "imagenet": _builder("vision", "imagenet"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg, stats
 
-from gmcert.robust import optimal_robust_error
+from gmcert.population.ceiling import optimal_robust_error
 
 DUAL_NORM = {"l2": 2, "linf": 1, "l1": np.inf}
 

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from gmcert.evaluate import certified_accuracy
 from gmcert.io import atomic_write, write_csv
+from gmcert.report.table import certified_accuracy
 
 log = logging.getLogger(__name__)
 

@@ -1,42 +1,12 @@
-"""Confidence bounds and KL-to-accuracy bounds (THEORY.md sections 4, 5 and 6).
-
-Everything is vectorised with numpy broadcasting and computed in float64.
-"""
+"""What KL(P || Q) <= eps implies for the probability of an event (docs/theory.md section 6):
+the tight kl-inverse bound, and the looser Pinsker and Bretagnolle-Huber bounds for comparison.
+Vectorised with numpy broadcasting, float64."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
-__all__ = [
-    "clopper_pearson_lower",
-    "clopper_pearson_upper",
-    "bernoulli_kl",
-    "kl_inverse_lower",
-    "pinsker_lower",
-    "bretagnolle_huber_lower",
-]
-
-
-def clopper_pearson_lower(successes, trials, alpha):
-    """One-sided Clopper-Pearson lower bound: P[p >= bound] >= 1 - alpha.
-
-    Exact (beta quantile, not a normal approximation); 0 when ``successes == 0``.
-    """
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(trials, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        bound = stats.beta.ppf(alpha, k, n - k + 1)
-    return np.where(k <= 0, 0.0, bound)
-
-
-def clopper_pearson_upper(successes, trials, alpha):
-    """One-sided Clopper-Pearson upper bound: P[p <= bound] >= 1 - alpha; 1 when all succeed."""
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(trials, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        bound = stats.beta.ppf(1 - alpha, k + 1, n - k)
-    return np.where(k >= n, 1.0, bound)
+__all__ = ["bernoulli_kl", "kl_inverse_lower", "pinsker_lower", "bretagnolle_huber_lower"]
 
 
 def bernoulli_kl(p, q):

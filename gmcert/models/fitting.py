@@ -15,8 +15,8 @@ from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from gmcert.certify import certify_latents
-from gmcert.certify.latent import LinearCertifier
-from gmcert.robust import impossibility_radius, robust_tau
+from gmcert.certify.linear import LinearCertifier
+from gmcert.population.ceiling import impossibility_radius, robust_tau
 
 log = logging.getLogger(__name__)
 

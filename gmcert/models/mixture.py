@@ -104,6 +104,23 @@ def _shrink(cov, alpha):
     return out
 
 
+def sample_gaussian_mixture(n, means, covariances, priors, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Draw n points from sum_k priors[k] N(means[k], covariances[k]); returns (Z, class codes).
+
+    ``covariances`` is (K, d, d), or (d, d) shared; ``rng`` a numpy Generator or RandomState.
+    """
+    means = np.asarray(means, np.float64)
+    num_classes, dim = means.shape
+    covs = np.broadcast_to(np.asarray(covariances, np.float64), (num_classes, dim, dim))
+    codes = rng.choice(num_classes, size=n, p=priors)
+    Z = np.empty((n, dim))
+    for k in np.unique(codes):
+        idx = np.flatnonzero(codes == k)
+        chol = linalg.cholesky(covs[k], lower=True)
+        Z[idx] = means[k] + rng.standard_normal((len(idx), dim)) @ chol.T
+    return Z, codes
+
+
 class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     """Class-conditional Gaussian mixture with its Bayes rule, a scikit-learn classifier.
 
@@ -408,13 +425,9 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         rng = check_random_state(self.random_state if random_state is None else random_state)
-        codes = rng.choice(len(self.classes_), size=n_samples, p=self.priors_)
-        Z = np.empty((n_samples, self.n_features_in_))
-        covs = self.class_covariances()
-        for k in np.unique(codes):
-            idx = np.flatnonzero(codes == k)
-            chol = linalg.cholesky(covs[k], lower=True)
-            Z[idx] = self.means_[k] + rng.standard_normal((len(idx), self.n_features_in_)) @ chol.T
+        Z, codes = sample_gaussian_mixture(
+            n_samples, self.means_, self.class_covariances(), self.priors_, rng
+        )
         return Z, self.classes_[codes]
 
     def __sklearn_tags__(self):

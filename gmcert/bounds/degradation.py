@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gmcert.bounds import bretagnolle_huber_lower, kl_inverse_lower, pinsker_lower
+from gmcert.bounds.kl import bretagnolle_huber_lower, kl_inverse_lower, pinsker_lower
 
 
 def eps_from_estimates(estimates: dict) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gmcert.bounds import clopper_pearson_lower, clopper_pearson_upper
+from gmcert.bounds.confidence import clopper_pearson_lower, clopper_pearson_upper
 
 
 def certified_accuracy(correct, radii, at, *, alpha: float) -> pd.DataFrame:

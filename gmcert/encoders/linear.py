@@ -1,0 +1,61 @@
+"""Linear encoders: the identity (flattened pixels) and PCA fitted on the train split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class IdentityEncoder(nn.Module):
+    """Flattens the input: Lipschitz 1, so latent radii are input radii."""
+
+    lipschitz = 1.0
+    name = "identity"
+
+    def fit(self, train_inputs: np.ndarray) -> IdentityEncoder:
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class PCAEncoder(nn.Module):
+    """scikit-learn PCA fitted on the train split only, applied as one affine map in torch.
+
+    Orthonormal components are a contraction, so the Lipschitz bound is 1; whitening divides
+    by sqrt(explained variance), so the bound becomes 1 / sqrt(smallest kept variance).
+    """
+
+    name = "pca"
+
+    def __init__(self, *, n_components: int, whiten: bool = False):
+        super().__init__()
+        self.n_components, self.whiten = n_components, whiten
+        self.lipschitz: float | None = None
+
+    def fit(self, train_inputs: np.ndarray) -> PCAEncoder:
+        from sklearn.decomposition import PCA
+
+        if not isinstance(train_inputs, np.ndarray):
+            raise ValueError(
+                "encoder=pca fits on in-memory arrays (digits, synthetic); for image folders "
+                "use a pretrained encoder"
+            )
+        x = train_inputs.reshape(len(train_inputs), -1).astype(np.float64)
+        if not 1 <= self.n_components <= min(x.shape):
+            raise ValueError(
+                f"encoder.n_components must be in 1..{min(x.shape)} for inputs of shape "
+                f"{x.shape}, got {self.n_components}"
+            )
+        pca = PCA(n_components=self.n_components, whiten=self.whiten, svd_solver="full").fit(x)
+        weight = pca.components_
+        if self.whiten:
+            weight = weight / np.sqrt(pca.explained_variance_)[:, None]
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
+        self.register_buffer("mean", torch.as_tensor(pca.mean_, dtype=torch.float32))
+        self.lipschitz = float(np.linalg.norm(weight, ord=2))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) - self.mean) @ self.weight.T
