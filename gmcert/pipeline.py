@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from gmcert.bounds.degradation import add_bound_columns, eps_from_estimates, sensitivity_curves
 from gmcert.certify import CertifyContext, build_method
-from gmcert.certify.linear import NORMS, resolve_device
+from gmcert.certify.norms import NORMS
 from gmcert.data import LabelledData, build_dataset, class_log_joint
+from gmcert.device import resolve_device
 from gmcert.encoders import PRETRAINED, build_encoder
 from gmcert.eps.estimators import estimate_eps, gaussian_logpdf, gaussianity_tests
 from gmcert.features import cached, extract_features, file_digest

@@ -20,23 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-NORMS = ("l2", "linf", "l1")
-_DUAL_P = {"l2": 2.0, "linf": 1.0, "l1": float("inf")}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "device='cuda' was asked for but no CUDA device is visible; use device=auto"
-        )
-    return dev
+from gmcert.certify.norms import DUAL_EXPONENT, check_norm
+from gmcert.device import resolve_device
 
 
 def _unit_roundoff(dtype: torch.dtype) -> float:
@@ -61,9 +46,7 @@ class LinearCertifier:
     """
 
     def __init__(self, M, c, *, norm: str = "l2", device="cpu", dtype=torch.float64):
-        if norm not in NORMS:
-            raise ValueError(f"certify.norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
+        self.norm = check_norm(norm)
         self.device = resolve_device(device)
         self.dtype = dtype
         M = torch.as_tensor(np.asarray(M), dtype=torch.float64)
@@ -86,7 +69,7 @@ class LinearCertifier:
             slack = 4 * (dim + 3) * 2.0**-53 * (sq[:, None] + sq[None, :])
             dual = (dual**2 + slack).sqrt()
         else:
-            dual = torch.cdist(M, M, p=_DUAL_P[norm]) * (1 + 4 * (dim + 3) * 2.0**-53)
+            dual = torch.cdist(M, M, p=DUAL_EXPONENT[norm]) * (1 + 4 * (dim + 3) * 2.0**-53)
         # Inverse norms, with -inf on the diagonal: the j = k entry then evaluates to
         # (-slack) * (-inf) = +inf and drops out of the min without a scatter per batch.
         inv_dual = 1.0 / dual

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gmcert.certify.linear import resolve_device
+from gmcert.device import resolve_device
 
 __all__ = [
     "NORMS",

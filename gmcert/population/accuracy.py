@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg, stats
 
+from gmcert.certify.norms import DUAL_EXPONENT, check_norm
 from gmcert.population.ceiling import optimal_robust_error
-
-DUAL_NORM = {"l2": 2, "linf": 1, "l1": np.inf}
 
 
 def two_class_certified_accuracy(mu0, mu1, cov, radii, *, norm: str = "l2") -> np.ndarray:
@@ -18,12 +17,11 @@ def two_class_certified_accuracy(mu0, mu1, cov, radii, *, norm: str = "l2") -> n
     ``CA_Q(rho) = Phi(Delta / 2 - rho ||a||_q / Delta)`` with ``a = Sigma^-1 (mu1 - mu0)`` and
     ``Delta`` the Mahalanobis separation.
     """
-    if norm not in DUAL_NORM:
-        raise ValueError(f"norm must be one of {sorted(DUAL_NORM)}, got {norm!r}")
+    check_norm(norm, "norm")
     diff = np.asarray(mu1, np.float64) - np.asarray(mu0, np.float64)
     a = linalg.solve(np.asarray(cov, np.float64), diff, assume_a="pos")
     delta = float(np.sqrt(diff @ a))
-    a_dual = np.linalg.norm(a, ord=DUAL_NORM[norm])
+    a_dual = np.linalg.norm(a, ord=DUAL_EXPONENT[norm])
     radii = np.asarray(radii, np.float64)
     return stats.norm.cdf(delta / 2 - radii * a_dual / delta)
 
