@@ -4,11 +4,11 @@ The small public API; the command line (``gmcert-run``, ``gmcert-report``) wraps
 """
 
 from gmcert.bounds.kl import kl_inverse_lower
-from gmcert.certify import ABSTAIN
+from gmcert.certify.smoothing import ABSTAIN
 from gmcert.certify.linear import LinearCertifier
 from gmcert.certify.quadratic import QuadraticCertifier
 from gmcert.certify.smoothing import SmoothedClassifier
-from gmcert.eps.estimators import estimate_eps
+from gmcert.eps import estimate_eps
 from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.report.table import certified_accuracy
 

@@ -40,7 +40,7 @@ def run_job(cfg: DictConfig) -> dict | None:
             print(f"gmcert: error: {err}", file=sys.stderr)
             sys.exit(2)
         raise
-    from gmcert.report.plots import format_table, read_table
+    from gmcert.report.table import format_table, read_table
 
     print(f"\n{format_table(read_table(out_dir))}\n")
     print(f"radii: {metrics['radius_units']}")

@@ -12,6 +12,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from gmcert.certify.norms import NORMS
+
 # ----------------------------------------------------------------------------- datasets
 
 
@@ -108,7 +110,8 @@ class MixtureConfig:
     priors: Any = "empirical"  # empirical | uniform | list of K weights
     reg_covar: float = 1e-6
     rank: int = 8
-    # The robust linear rule (THEORY.md 2) for this target radius (latent l2 units); null = Bayes.
+    # The robust linear rule (docs/theory.md section 2) for this target radius (latent l2
+    # units); null = Bayes.
     robust_radius: float | None = None
     holdout_fraction: float = 0.2  # split of train used to choose tau, never test
     chunk_size: int = 65536
@@ -202,3 +205,26 @@ def register_configs() -> None:
         cs.store(group="dataset", name=f"schema_{name}", node=node)
     for name, node in ENCODER_SCHEMAS.items():
         cs.store(group="encoder", name=f"schema_{name}", node=node)
+
+
+def check_certify_options(certify) -> None:
+    """The value errors a schema cannot express, caught before any work is done."""
+    if certify.norm not in NORMS:
+        raise ValueError(f"certify.norm must be one of {NORMS}, got {certify.norm!r}")
+    if any(r < 0 for r in certify.radii) or not certify.radii:
+        raise ValueError(
+            f"certify.radii must be a non-empty list of radii >= 0, got {list(certify.radii)}"
+        )
+    if not 0 < certify.ci_alpha < 1:
+        raise ValueError(f"certify.ci_alpha must lie in (0, 1), got {certify.ci_alpha}")
+    if certify.batch_size < 1:
+        raise ValueError(f"certify.batch_size must be >= 1, got {certify.batch_size}")
+    if certify.start < 0 or (certify.stop is not None and certify.stop <= certify.start):
+        raise ValueError(
+            f"certify.start/stop must satisfy 0 <= start < stop, got {certify.start}/{certify.stop}"
+        )
+    if not 0 <= certify.shard < certify.shards:
+        raise ValueError(
+            f"certify.shard must be in 0..shards-1, got shard={certify.shard}, "
+            f"shards={certify.shards}"
+        )

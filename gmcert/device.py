@@ -1,8 +1,6 @@
-"""Which torch device a run uses, and how it is named in metrics.json."""
+"""Which torch device a run uses: `auto` picks CUDA when present."""
 
 from __future__ import annotations
-
-import platform
 
 import torch
 
@@ -20,9 +18,3 @@ def resolve_device(device: str | torch.device) -> torch.device:
             "device='cuda' was asked for but no CUDA device is visible; use device=auto"
         )
     return dev
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

@@ -1,6 +1,7 @@
-"""Batched latent extraction with a progress bar, and a content-addressed on-disk cache.
+"""The encode stage: batched latent extraction with a progress bar, through a
+content-addressed on-disk cache.
 
-Cache layout (STYLE.md 9): ``<cache_dir>/features/<key>/`` holds ``latents.npy``,
+Cache layout: ``<cache_dir>/features/<key>/`` holds ``latents.npy``,
 ``labels.npy`` and ``meta.json``; ``key`` is the SHA-256 of the config subset that determines
 the latents, the weight file's digest and ``CACHE_VERSION``. An entry is written to a
 temporary folder and renamed into place, and its file digests are checked before every use: a
@@ -16,12 +17,17 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from gmcert.data import LabelledData
+from gmcert.encoders import PRETRAINED, build_encoder
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +146,72 @@ def cached(
     except OSError:  # another sweep job stored the same entry first: theirs is as good
         shutil.rmtree(tmp, ignore_errors=True)
     return (latents, labels), False
+
+
+# Options of a pretrained encoder that shape extraction speed, not the latents.
+_EXTRACTION_OPTIONS = ("batch_size", "num_workers", "bf16", "channels_last")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The encode stage's output: the built (and fitted) encoder and the latents of each split."""
+
+    encoder: torch.nn.Module
+    train: np.ndarray
+    test: np.ndarray
+    cache_hits: dict[str, bool]
+
+
+def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool) -> Encoded:
+    """Build and fit the encoder; latents of both splits, through the feature cache."""
+    name = encoder_cfg.name
+    opts = OmegaConf.to_container(encoder_cfg, resolve=True)
+    opts.pop("name", None)
+    extraction = {k: opts.pop(k) for k in _EXTRACTION_OPTIONS if k in opts}
+    if opts.get("lipschitz") == "spectral":
+        # The bound covers the resize from the data's native size: it needs that size.
+        opts["source_size"] = tuple(_first_image(data.test.inputs).shape[-2:])
+        opts["device"] = device
+    encoder = build_encoder(name, **opts)
+    encoder.fit(data.train.inputs)  # learns from train only (PCA); a no-op for the others
+    weights = opts.get("weights")
+    material = {
+        "dataset": data.name,
+        "encoder": {"name": name, **{k: v for k, v in opts.items() if k != "device"}},
+        "weights_source": getattr(encoder, "weights_source", None),
+        "weights_sha256": file_digest(weights) if weights and Path(weights).is_file() else None,
+    }
+    if name not in PRETRAINED:
+        # identity / pca latents depend on the data itself: hash what went in.
+        material["train_inputs"] = _array_digest(data.train.inputs)
+        material["test_inputs"] = _array_digest(data.test.inputs)
+    latents, hits = {}, {}
+    for split_name in ("train", "test"):
+        split = getattr(data, split_name)
+
+        def compute(split=split, split_name=split_name):
+            z = extract_features(
+                encoder, split.inputs, device=device, desc=f"encode {split_name}", **extraction
+            )
+            return z, split.labels
+
+        (z, labels), hits[split_name] = cached(
+            {**material, "split": split_name, "indices": _array_digest(split.indices)},
+            compute,
+            cache_dir=cache_dir,
+            force=force,
+        )
+        if not np.array_equal(labels, split.labels):
+            raise ValueError(f"cached labels for the {split_name} split do not match the data")
+        latents[split_name] = z
+    return Encoded(encoder, latents["train"], latents["test"], hits)
+
+
+def _first_image(inputs):
+    return inputs[0] if isinstance(inputs, np.ndarray) else inputs[0][0]
+
+
+def _array_digest(x) -> str | None:
+    if not isinstance(x, np.ndarray):
+        return None
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:24]

@@ -4,11 +4,12 @@ A whole file (table, metrics, plot) is written to a temporary name in the same f
 renamed over the target, so a killed run leaves either the old file or the new one. The
 predictions log is appended one flushed, fsynced block of complete lines at a time; a torn
 last line (SIGKILL mid-write) is cut off when the log is reopened, and the run resumes from
-the rows that are complete.
+the rows that are complete. The run's fingerprint keeps a folder to one configuration.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -124,3 +126,25 @@ class PredictionLog:
         buffer = io.StringIO()
         rows[self.COLUMNS].to_csv(buffer, index=False, header=False)
         self._append_text(buffer.getvalue())
+
+
+def run_fingerprint(cfg: DictConfig) -> str:
+    """A digest of everything that determines the predictions; paths and index ranges excluded."""
+    keep = OmegaConf.to_container(cfg, resolve=False)
+    keep.pop("paths", None)
+    for key in ("start", "stop", "shard", "shards"):
+        keep.get("certify", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def open_prediction_log(out_dir: Path, fingerprint: str) -> PredictionLog:
+    """The run's prediction log; a folder holding another configuration's predictions is
+    refused."""
+    stamp = out_dir / "run_fingerprint.txt"
+    if stamp.exists() and stamp.read_text().strip() != fingerprint:
+        raise ValueError(
+            f"{out_dir} holds predictions of a different configuration; resume only with the "
+            "same config, or choose a fresh hydra.run.dir"
+        )
+    stamp.write_text(fingerprint + "\n")
+    return PredictionLog(out_dir / "predictions.csv")

@@ -1,4 +1,4 @@
-"""Benchmark the eps estimators of gmcert.eps.estimators on held-out-sized synthetic latents.
+"""Benchmark the eps estimators of gmcert.eps on held-out-sized synthetic latents.
 
 For each dimension d (default 64 and 768), on n = 10k latents:
 
@@ -35,7 +35,7 @@ from gmcert.data.student_t import (
     moment_matched_covariance,
     sample_student_t_mixture,
 )
-from gmcert.eps.estimators import (
+from gmcert.eps import (
     estimate_eps,
     kl_dv_gaussian,
     kl_knn,

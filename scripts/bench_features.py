@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from timing import median_seconds
 
-from gmcert.encoders.pretrained import build_pretrained
+from gmcert.encoders import build_encoder
 from gmcert.features import extract_features
 from gmcert.io import write_json
 
@@ -23,7 +23,7 @@ BATCH = 128
 
 
 def bench(name, device):
-    encoder = build_pretrained(name, weights="random", image_size=32).eval().to(device)
+    encoder = build_encoder(name, weights="random", image_size=32).eval().to(device)
     images = np.random.default_rng(0).random((IMAGES, 3, 32, 32), dtype=np.float32)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 

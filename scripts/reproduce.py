@@ -32,7 +32,7 @@ def data_dir() -> Path:
 
 
 def weight_file(weights) -> Path:
-    from gmcert.encoders.pretrained import torchvision_weights_path
+    from gmcert.encoders.weights import torchvision_weights_path
 
     return torchvision_weights_path(weights.url)
 

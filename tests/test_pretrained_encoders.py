@@ -1,4 +1,4 @@
-"""Pretrained-encoder registry on random-init networks at small input sizes (no downloads).
+"""Pretrained encoders and their registry, on random-init networks at small sizes (no downloads).
 
 Covers: shapes and attributes, normalisation and resize inside the module, weight files
 (round trip with weights_only=True, checkpoint wrappers, mismatches), the missing-default-
@@ -16,9 +16,13 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CONFIGS
 from torch import nn
 
-from gmcert.encoders import pretrained as P
+from gmcert.encoders import ENCODER_BUILDERS, PRETRAINED, build_encoder, spectral
+from gmcert.encoders.hub_models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip, dinov2
+from gmcert.encoders.torchvision_models import resnet18, resnet50, vit
+from gmcert.encoders.wrapper import IMAGENET_MEAN, IMAGENET_STD, PretrainedEncoder
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +38,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def resnet50_32():
     torch.manual_seed(0)
-    return P.resnet50(weights=None, image_size=32)
+    return resnet50(weights=None, image_size=32)
 
 
 def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
@@ -62,8 +66,8 @@ def test_resnet50_random_small(resnet50_32, caplog):
     with torch.inference_mode():
         assert enc(x).shape == (2, 2048)
         assert enc(torch.rand(3, 3, 20, 24)).shape == (3, 2048)  # resized inside
-    with caplog.at_level(logging.WARNING, logger="gmcert.encoders.pretrained"):
-        P.resnet18(weights="random", image_size=32)
+    with caplog.at_level(logging.WARNING, logger="gmcert.encoders.weights"):
+        resnet18(weights="random", image_size=32)
     assert "NOT a real experiment" in caplog.text
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         enc(torch.rand(3, 32, 32))
@@ -71,7 +75,7 @@ def test_resnet50_random_small(resnet50_32, caplog):
 
 def test_vit_random_small():
     torch.manual_seed(0)
-    enc = P.vit(weights=None, image_size=32)
+    enc = vit(weights=None, image_size=32)
     assert enc.name == "vit_b_16" and enc.latent_dim == 768 and enc.input_size == (32, 32)
     with torch.inference_mode():
         z = enc(torch.rand(2, 3, 64, 64))
@@ -79,14 +83,14 @@ def test_vit_random_small():
     # The class token after the final LayerNorm: per-sample mean ~ LN bias (zero at init).
     assert torch.allclose(z.mean(dim=1), torch.zeros(2), atol=1e-4)
     with pytest.raises(ValueError, match="multiple of the 16"):
-        P.vit(weights=None, image_size=30)
+        vit(weights=None, image_size=30)
 
 
 def test_normalisation_and_resize_are_inside(resnet50_32):
     enc = resnet50_32
     x = torch.rand(2, 3, 24, 24)
-    mean = torch.tensor(P.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     resized = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=False)
     with torch.no_grad():
         torch.testing.assert_close(enc(x), enc.backbone((resized - mean) / std))
@@ -96,7 +100,7 @@ def test_normalisation_and_resize_are_inside(resnet50_32):
 
 def test_frozen_eval_and_speed_friendly():
     torch.manual_seed(0)
-    enc = P.resnet18(weights=None, image_size=32)
+    enc = resnet18(weights=None, image_size=32)
     enc.train()
     assert not enc.training and not any(m.training for m in enc.modules())
     assert not any(p.requires_grad for p in enc.parameters())
@@ -127,13 +131,13 @@ def test_state_dict_round_trip(tmp_path):
     _randomise_bn(reference)
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    enc = P.resnet18(weights=str(path), image_size=32)
+    enc = resnet18(weights=str(path), image_size=32)
     assert enc.weights_source == str(path)
     x = torch.rand(2, 3, 32, 32)
     reference.fc = nn.Identity()
     reference.eval()
-    mean = torch.tensor(P.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = reference((x - mean) / std)
         torch.testing.assert_close(enc(x), expected)
@@ -142,7 +146,7 @@ def test_state_dict_round_trip(tmp_path):
         ddp = {f"module.{k}": v for k, v in enc.state_dict().items()}
         wrapped = {"epoch": 3, "state_dict": ddp}
         torch.save(wrapped, tmp_path / "ckpt.pth")
-        again = P.resnet18(weights=tmp_path / "ckpt.pth", image_size=32)
+        again = resnet18(weights=tmp_path / "ckpt.pth", image_size=32)
         torch.testing.assert_close(again(x), expected)
 
 
@@ -154,33 +158,33 @@ def test_weight_file_errors(tmp_path):
     from torchvision.models import resnet18 as tv_resnet18
 
     with pytest.raises(FileNotFoundError, match="encoder.weights="):
-        P.resnet50(weights=str(tmp_path / "missing.pth"), image_size=32)
+        resnet50(weights=str(tmp_path / "missing.pth"), image_size=32)
     torch.save(tv_resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     with pytest.raises(ValueError, match="do not fit") as err:
-        P.resnet50(weights=str(tmp_path / "r18.pth"), image_size=32)
+        resnet50(weights=str(tmp_path / "r18.pth"), image_size=32)
     assert "missing: " in str(err.value) and "shape mismatch: " in str(err.value)
 
     torch.save({"obj": OpaqueObject()}, tmp_path / "pickled.pth")
     with pytest.raises(ValueError, match="weights_only=True"):
-        P.resnet18(weights=str(tmp_path / "pickled.pth"), image_size=32)
+        resnet18(weights=str(tmp_path / "pickled.pth"), image_size=32)
     torch.save({"epoch": 1, "lr": 0.1}, tmp_path / "meta.pth")
     with pytest.raises(ValueError, match="no tensor state dict"):
-        P.resnet18(weights=str(tmp_path / "meta.pth"), image_size=32)
+        resnet18(weights=str(tmp_path / "meta.pth"), image_size=32)
 
 
 def test_missing_default_weights_name_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
-    with pytest.raises(FileNotFoundError) as err:
-        P.resnet50(image_size=32)
+    with pytest.raises(FileNotFoundError, match="gmcert never downloads") as err:
+        resnet50(image_size=32)
     message = str(err.value)
     assert str(expected) in message
     assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in message
     assert "encoder.weights=/path/to/file.pth" in message
     with pytest.raises(FileNotFoundError, match="resnet50-0676ba61.pth"):
-        P.resnet50(weights="IMAGENET1K_V1", image_size=32)
+        resnet50(weights="IMAGENET1K_V1", image_size=32)
     with pytest.raises(FileNotFoundError, match="vit_b_16-c867db91.pth"):
-        P.vit()
+        vit()
     assert not expected.exists()  # nothing was downloaded
 
 
@@ -193,7 +197,7 @@ def test_default_weights_load_from_the_hub_cache(tmp_path, monkeypatch):
     torch.manual_seed(2)
     reference = tv_resnet18(weights=None)
     torch.save(reference.state_dict(), cached)
-    enc = P.resnet18(image_size=32)
+    enc = resnet18(image_size=32)
     assert str(cached) in enc.weights_source
     torch.testing.assert_close(enc.backbone.conv1.weight, reference.conv1.weight)
 
@@ -204,20 +208,20 @@ def test_vit_weights_tied_to_image_size(tmp_path, monkeypatch):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"placeholder")  # the size check comes before reading the file
     with pytest.raises(ValueError, match="image_size=224"):
-        P.vit(image_size=32)
+        vit(image_size=32)
 
 
 @pytest.mark.slow
 def test_vit_state_dict_round_trip(tmp_path):
     torch.manual_seed(3)
-    enc = P.vit(weights=None, image_size=32)
+    enc = vit(weights=None, image_size=32)
     torch.save(enc.state_dict(), tmp_path / "vit.pth")
-    again = P.vit(weights=tmp_path / "vit.pth", image_size=32)
+    again = vit(weights=tmp_path / "vit.pth", image_size=32)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(again(x), enc(x))
     with pytest.raises(ValueError, match="shape mismatch"):
-        P.vit(weights=tmp_path / "vit.pth", image_size=48)
+        vit(weights=tmp_path / "vit.pth", image_size=48)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,11 +230,16 @@ def test_vit_state_dict_round_trip(tmp_path):
 
 
 def test_registry():
-    assert {"resnet50", "vit", "clip", "dinov2"} <= set(P.ENCODERS)
-    with pytest.raises(ValueError, match="unknown pretrained encoder"):
-        P.build_pretrained("resnet5O")
-    enc = P.build_pretrained("resnet18", weights=None, image_size=32)
-    assert enc.latent_dim == 512
+    assert set(PRETRAINED) == set(ENCODER_BUILDERS) - {"identity", "pca"}
+    with pytest.raises(ValueError, match=r"unknown encoder 'resnet5O'; choose one of \[.*'vit'"):
+        build_encoder("resnet5O")
+    enc = build_encoder("resnet18", weights=None, image_size=32)
+    assert isinstance(enc, PretrainedEncoder) and enc.latent_dim == 512
+
+
+def test_every_registered_encoder_has_a_config():
+    """One registry, nothing unreachable: each name is a configs/encoder/<name>.yaml option."""
+    assert {p.stem for p in (CONFIGS / "encoder").glob("*.yaml")} == set(ENCODER_BUILDERS)
 
 
 @pytest.mark.parametrize(
@@ -240,7 +249,7 @@ def test_registry():
 def test_optional_encoders_say_how_to_install(monkeypatch, name, module, pip_name):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
     with pytest.raises(ImportError, match=f"pip install {pip_name}"):
-        P.build_pretrained(name, weights=None)
+        build_encoder(name, weights=None)
 
 
 class _TinyTower(nn.Module):
@@ -261,21 +270,21 @@ def test_optional_encoder_wiring_with_stand_in_packages(monkeypatch, tmp_path):
         full = types.SimpleNamespace(visual=_TinyTower(16))
         full.visual.image_size = 32
         full.visual.output_dim = 16
-        full.visual.image_mean, full.visual.image_std = P.OPENAI_CLIP_MEAN, P.OPENAI_CLIP_STD
+        full.visual.image_mean, full.visual.image_std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         return full
 
     monkeypatch.setitem(sys.modules, "open_clip", types.SimpleNamespace(create_model=create_model))
-    enc = P.clip(weights=None)
+    enc = clip(weights=None)
     assert enc.latent_dim == 16 and enc.input_size == (32, 32)
     assert enc(torch.rand(2, 3, 40, 40)).shape == (2, 16)
     assert created[-1][1] is None
     with pytest.raises(ValueError, match="allow_download"):
-        P.clip()
+        clip()
     with pytest.raises(ValueError, match="attention"):
-        P.clip(weights=None, lipschitz="spectral")
+        clip(weights=None, lipschitz="spectral")
     weight_file = tmp_path / "open_clip_pytorch_model.bin"
     weight_file.write_bytes(b"x")
-    P.clip(weights=weight_file)
+    clip(weights=weight_file)
     assert created[-1][1] == str(weight_file)
 
     def timm_create(name, pretrained=False, **kwargs):
@@ -284,18 +293,18 @@ def test_optional_encoder_wiring_with_stand_in_packages(monkeypatch, tmp_path):
         model.num_features = 24
         model.pretrained_cfg = {
             "input_size": (3, 518, 518),
-            "mean": P.IMAGENET_MEAN,
-            "std": P.IMAGENET_STD,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
         }
         return model
 
     monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=timm_create))
-    enc = P.dinov2(weights=None)
+    enc = dinov2(weights=None)
     assert enc.latent_dim == 24 and enc.input_size == (224, 224)
     assert created[-1][2]["img_size"] == 224 and created[-1][2]["num_classes"] == 0
     with pytest.raises(ValueError, match="multiple of 14"):
-        P.dinov2(weights=None, image_size=100)
-    P.dinov2(weights=weight_file)
+        dinov2(weights=None, image_size=100)
+    dinov2(weights=weight_file)
     assert created[-1][1] is True
     assert created[-1][2]["pretrained_cfg_overlay"] == {"file": str(weight_file)}
 
@@ -312,13 +321,13 @@ def test_max_singular_value_brackets_the_truth(dtype):
         mats = torch.randn(shape, generator=gen, dtype=dtype)
         mats[1] = 0  # zero matrices are allowed
         truth = float(torch.linalg.matrix_norm(mats, 2).max())
-        upper, lower = P._max_singular_value(mats)
+        upper, lower = spectral._max_singular_value(mats)
         assert lower <= truth * (1 + 1e-12) and truth <= upper <= truth * (1 + 1e-3)
     # Equal singular values (the worst case for power iteration) and the all-zero batch.
     q, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))
-    upper, _ = P._max_singular_value((3 * q)[None])
+    upper, _ = spectral._max_singular_value((3 * q)[None])
     assert 3 <= upper <= 3 * (1 + 1e-3)
-    assert P._max_singular_value(torch.zeros(4, 3, 3, dtype=torch.float64)) == (0.0, 0.0)
+    assert spectral._max_singular_value(torch.zeros(4, 3, 3, dtype=torch.float64)) == (0.0, 0.0)
 
 
 def _dense_norm(fn, shape) -> float:
@@ -348,7 +357,7 @@ def test_conv_bound_vs_dense_exact_norm(
     conv = nn.Conv2d(c_in, c_out, k, stride, padding, dilation, groups, bias=False).double()
     scale = torch.rand(c_out, dtype=torch.float64) + 0.5
     exact = _dense_norm(lambda x: conv(x) * scale.view(1, -1, 1, 1), (c_in, *hw))
-    bound = P.conv2d_norm_bound(
+    bound = spectral.conv2d_norm_bound(
         conv.weight,
         hw,
         stride=stride,
@@ -373,7 +382,7 @@ def test_conv_bound_vs_dense_exact_norm(
 )
 def test_linear_pooling_bounds_are_exact(layer):
     exact = _dense_norm(layer, (1, 7, 6))
-    bound, _ = P._module_bound(layer, (1, 7, 6), "cpu")
+    bound, _ = spectral._module_bound(layer, (1, 7, 6), "cpu")
     assert exact <= bound <= exact * (1 + 1e-3)
 
 
@@ -383,13 +392,13 @@ def test_resize_norm_is_exact(src, dst):
         lambda x: F.interpolate(x, size=dst, mode="bilinear", align_corners=False, antialias=False),
         (1, *src),
     )
-    assert exact <= P.bilinear_resize_norm(src, dst) <= exact * (1 + 1e-3)
+    assert exact <= spectral.bilinear_resize_norm(src, dst) <= exact * (1 + 1e-3)
 
 
 def test_maxpool_bound_is_attained():
     """3x3/stride-2 max pooling: one pixel in 4 windows moves 4 outputs, ratio exactly 2."""
     pool = nn.MaxPool2d(3, 2, 1)
-    bound, _ = P._module_bound(pool, (1, 8, 8), "cpu")
+    bound, _ = spectral._module_bound(pool, (1, 8, 8), "cpu")
     x = torch.zeros(1, 1, 8, 8)
     x2 = x.clone()
     x2[0, 0, 3, 3] = 1.0
@@ -433,15 +442,15 @@ def _tiny_plain() -> nn.Module:
     )
 
 
-def _wrap(backbone: nn.Module, latent_dim: int, source: tuple[int, int]) -> P.PretrainedEncoder:
+def _wrap(backbone: nn.Module, latent_dim: int, source: tuple[int, int]) -> PretrainedEncoder:
     _randomise_bn(backbone)
-    enc = P.PretrainedEncoder(
+    enc = PretrainedEncoder(
         backbone,
         name="tiny",
         latent_dim=latent_dim,
         input_size=(16, 16),
-        mean=P.IMAGENET_MEAN,
-        std=P.IMAGENET_STD,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     return enc.double().set_lipschitz("spectral", source_size=source)
 
@@ -489,22 +498,23 @@ def test_spectral_bound_is_an_upper_bound(make, latent_dim):
 
 
 def test_spectral_bound_refusals():
-    vit = P.vit(weights=None, image_size=32)
+    enc = vit(weights=None, image_size=32)
     with pytest.raises(ValueError, match="attention"):
-        vit.set_lipschitz("spectral")
+        enc.set_lipschitz("spectral")
     with pytest.raises(ValueError, match="no honest Lipschitz bound"):
-        P.spectral_lipschitz(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU()).eval(), (3, 8, 8))
+        spectral.spectral_lipschitz(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU()).eval(), (3, 8, 8))
     with pytest.raises(ValueError, match="training mode"):
-        P.spectral_lipschitz(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), (3, 8, 8))
+        spectral.spectral_lipschitz(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), (3, 8, 8))
     with pytest.raises(ValueError, match="positive"):
-        P.resnet18(weights=None, image_size=32, lipschitz=-1.0)
-    enc = P.vit(weights=None, image_size=32, lipschitz="3.5")  # as typed on a command line
+        resnet18(weights=None, image_size=32, lipschitz=-1.0)
+    enc = vit(weights=None, image_size=32, lipschitz="3.5")  # as typed on a command line
     assert enc.lipschitz == 3.5 and enc.lipschitz_source == "declared"
     with pytest.raises(ValueError, match="'spectral'"):
         enc.set_lipschitz("spectal")
     assert enc(torch.rand(1, 3, 20, 20)).shape == (1, 768)  # no size lock for declared bounds
 
 
+@pytest.mark.slow
 def test_resnet50_spectral_bound_small(resnet50_32):
     """The full ResNet-50 path (bottlenecks, downsampling, stem) on 32 px inputs."""
     enc = resnet50_32
@@ -520,8 +530,11 @@ def test_resnet50_spectral_bound_small(resnet50_32):
 
 def test_pipeline_registry_passes_config_options():
     """gmcert.encoders.build_encoder hands the config's options (weights, lipschitz,
-    image_size) to these builders unchanged."""
-    from gmcert.encoders import build_encoder
-
-    enc = build_encoder("resnet50", weights="random", lipschitz=None, image_size=32)
-    assert isinstance(enc, P.PretrainedEncoder) and enc.latent_dim == 2048
+    image_size) to these builders unchanged; allow_download only reaches the hub libraries
+    (torchvision weights are never downloaded)."""
+    enc = build_encoder(
+        "resnet50", weights="random", lipschitz=None, image_size=32, allow_download=False
+    )
+    assert isinstance(enc, PretrainedEncoder) and enc.latent_dim == 2048
+    enc = build_encoder("vit", weights="random", lipschitz=2.0, image_size=32, allow_download=True)
+    assert enc.lipschitz == 2.0 and enc.lipschitz_source == "declared"

@@ -1,4 +1,4 @@
-"""Graceful degradation (THEORY.md section 6): what eps = KL(P || Q) implies for CA under P.
+"""The degrade stage (docs/theory.md section 6): what eps = KL(P || Q) implies for CA under P.
 
 Turns CA under Q and an eps (estimated on held-out latents, or a budget the user states) into
 the table's bound columns, and checks whether the measured certified accuracy sits above the
@@ -7,25 +7,20 @@ bound: the falsification check a referee asks for.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from gmcert.bounds.kl import bretagnolle_huber_lower, kl_inverse_lower, pinsker_lower
+from gmcert.data import GroundTruth
+from gmcert.eps import true_kl
+from gmcert.eps.stage import estimate_for_mixture
+from gmcert.models.mixture import GaussianMixtureClassifier
+from gmcert.population.columns import PopulationQ
 
-
-def eps_from_estimates(estimates: dict) -> dict:
-    """The eps the report uses: the largest joint point estimate over estimators (the most
-    pessimistic; every estimator is biased in high dimension) and the largest interval end.
-
-    Negative estimates (KL >= 0, so estimator error) count as 0.
-    """
-    joint = {name: v for name, v in estimates["joint"].items() if v.get("estimate") is not None}
-    if not joint:
-        raise ValueError("no estimator produced a joint eps estimate; see divergence notes")
-    point = max(max(v["estimate"], 0.0) for v in joint.values())
-    upper = max(max(v["ci_high"], 0.0) for v in joint.values() if v.get("ci_high") is not None)
-    worst = max(joint, key=lambda n: joint[n]["estimate"])
-    return {"eps_hat": point, "eps_upper": max(upper, point), "from_estimator": worst}
+log = logging.getLogger(__name__)
 
 
 def add_bound_columns(
@@ -69,3 +64,117 @@ def add_bound_columns(
 def sensitivity_curves(population_low, eps_grid) -> np.ndarray:
     """The kl-inverse bound on a grid of eps (rows) for each CA_Q value (columns)."""
     return kl_inverse_lower(np.asarray(population_low)[None, :], np.asarray(eps_grid)[:, None])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # "above" | "falsified" | "vacuous"
+    text: str
+
+    @property
+    def above(self) -> bool:
+        return self.kind != "falsified"
+
+
+def judge(table: pd.DataFrame, *, eps: float, source: str) -> Verdict:
+    """Is the measured certified accuracy at or above the bound at ``eps`` at every radius
+    (``above``), below it somewhere (``falsified``: the data refute KL(P || Q) <= eps), or is
+    the bound 0 everywhere (``vacuous``)? Needs the columns of :func:`add_bound_columns`."""
+    rows = table["population_Q"].notna()
+    if not bool(table.loc[rows, "above_bound"].all()):
+        failing = table.loc[rows & ~table["above_bound"].fillna(True), "radius"].tolist()
+        return Verdict(
+            "falsified",
+            f"measured certified accuracy falls BELOW the bound at eps = {eps:.4g} at radii "
+            f"{failing}: KL(P || Q) <= eps is falsified by these data",
+        )
+    if (table.loc[rows, "bound_at_eps"] <= 0).all():
+        return Verdict(
+            "vacuous",
+            f"the bound at eps = {eps:.4g} ({source}) is 0 at every radius: vacuous, the "
+            "latents are too far from the mixture for eps to guarantee anything",
+        )
+    return Verdict(
+        "above",
+        f"measured certified accuracy is at or above the bound at eps = {eps:.4g} ({source}) "
+        "at every radius",
+    )
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """The bound on a grid of eps for each radius with CA under Q, for eps_sensitivity.png."""
+
+    rows: pd.DataFrame
+    eps_grid: np.ndarray
+    curves: np.ndarray  # (len(eps_grid), len(rows))
+    eps: float
+    interval: tuple[float | None, float | None] | None
+
+
+@dataclass(frozen=True)
+class Degradation:
+    metrics: dict  # metrics.json's "divergence" entry
+    sensitivity: Sensitivity | None
+
+
+def degrade(
+    table: pd.DataFrame,
+    population: PopulationQ | None,
+    mixture: GaussianMixtureClassifier,
+    Z_test,
+    y_test,
+    options,
+    *,
+    seed: int,
+    device,
+    truth: GroundTruth | None = None,
+) -> Degradation:
+    """eps (estimated on the held-out test latents, or the stated budget ``options.eps``) ->
+    bound columns in ``table``, the verdict, and the sensitivity curves. With the data's exact
+    law (synthetic data), also the true eps by Monte Carlo and each estimator's error.
+    ``options``: the ``divergence`` config node."""
+    result: dict = {}
+    eps_hat = eps_upper = interval = None
+    if options.enabled:
+        result.update(
+            estimate_for_mixture(mixture, Z_test, y_test, options, seed=seed, device=device)
+        )
+        eps_hat, eps_upper = result["eps_hat"], result["eps_upper"]
+        if eps_hat is not None:
+            interval = (result["eps_ci_low"], eps_upper)
+        else:
+            result["note"] = "no estimator gave a joint eps estimate (see the estimates' notes)"
+            if options.eps is None:
+                return Degradation(result, None)
+    if population is None:
+        result["note"] = "no CA under Q for these methods, so no bound"
+        return Degradation(result, None)
+    eps_true = None
+    if truth is not None:
+        result["eps_true"] = true_kl(truth, mixture, samples=options.truth_samples, seed=seed + 1)
+        if "estimates" in result:
+            result["estimator_error"] = {
+                name: v["estimate"] - result["eps_true"]["estimate"]
+                for name, v in result["estimates"]["joint"].items()
+                if v["estimate"] is not None
+            }
+        # 3 standard errors above the Monte Carlo estimate: the bound at the true eps, safely.
+        eps_true = max(result["eps_true"]["estimate"] + 3 * result["eps_true"]["stderr"], 0.0)
+    eps = options.eps if options.eps is not None else eps_hat
+    source = "stated budget" if options.eps is not None else "estimate"
+    result.update(eps_used=eps, eps_source=source)
+    add_bound_columns(
+        table,
+        population_low=population.ci_low,
+        eps=eps,
+        eps_upper=eps_upper if options.eps is None else None,
+        eps_true=eps_true,
+    )
+    verdict = judge(table, eps=eps, source=source)
+    result.update(measured_above_bound=verdict.above, verdict=verdict.text)
+    log.info(verdict.text)
+    grid = np.geomspace(1e-3, max(10.0, 2 * (eps_upper or eps or 0.0)), 200)
+    rows = table[table["population_Q"].notna()]
+    curves = sensitivity_curves(population.ci_low, grid)
+    return Degradation(result, Sensitivity(rows, grid, curves, eps, interval))

@@ -1,4 +1,5 @@
-"""Exact closed-form certificates for linear (shared-covariance) boundaries, THEORY.md section 3.
+"""Exact closed-form certificates for linear (shared-covariance) boundaries (docs/theory.md
+section 3).
 
 For scores ``s(z) = M z + c`` and prediction ``k = argmax s(z)``, the distance in the lp norm
 from ``z`` to the set where the prediction can change is, exactly,

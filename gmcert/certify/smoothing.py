@@ -1,4 +1,5 @@
-"""Randomized smoothing (Cohen, Rosenfeld and Kolter 2019): the input-space certifier (THEORY.md 4).
+"""Randomized smoothing (Cohen, Rosenfeld and Kolter 2019): the input-space certifier
+(docs/theory.md section 4).
 
 The smoothed classifier of a base classifier ``h`` is ``g(x) = argmax_c P[h(x + e) = c]`` with
 ``e ~ N(0, sigma^2 I)``. If the top class has probability ``pA >= pA_lower > 1/2``, then ``g`` is
@@ -146,7 +147,7 @@ class SmoothedClassifier:
         alpha: float = 0.001,
         generator: torch.Generator | None = None,
     ) -> Certificate:
-        """CERTIFY one input ``x`` of shape ``input_shape`` (THEORY.md 4).
+        """CERTIFY one input ``x`` of shape ``input_shape`` (docs/theory.md section 4).
 
         ``n0`` noisy copies select the top class cA; ``n`` fresh copies count ``nA``. With
         probability at least ``1 - alpha``, the smoothed classifier predicts cA on the l2 ball of
@@ -170,7 +171,7 @@ class SmoothedClassifier:
         ``1 - alpha`` each, not jointly). Noise is independent across inputs; copies of several
         inputs share forward passes, which pays off when ``n`` is small next to ``batch_size``.
         """
-        _check_int(n0, "n0", 1, "selection samples (THEORY.md 4 default: 100)")
+        _check_int(n0, "n0", 1, "selection samples (docs/theory.md section 4 default: 100)")
         _check_sampling(n=n, alpha=alpha)
         started = time.perf_counter()
         selection = self.sample_counts(xs, n0, generator=generator)
@@ -274,6 +275,6 @@ def _check_sigma(sigma) -> None:
 
 
 def _check_sampling(*, n, alpha) -> None:
-    _check_int(n, "n", 1, "estimation samples (THEORY.md 4 default: 100000)")
+    _check_int(n, "n", 1, "estimation samples (docs/theory.md section 4 default: 100000)")
     if not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1) (e.g. 0.001), got {alpha!r}")

@@ -99,7 +99,7 @@ def validate_split(split: Split, *, name: str, num_classes: int) -> None:
 
 
 def _builder(module: str, name: str):
-    """Import the dataset's module only when it is used (vision needs torchvision, say)."""
+    """Import the dataset's module only when it is used."""
 
     def build(**options):
         import importlib
@@ -113,8 +113,8 @@ DATASET_BUILDERS = {
     "digits": _builder("digits", "digits"),
     "synthetic": _builder("synthetic", "synthetic"),
     "distorted": _builder("student_t", "distorted"),
-    "cifar10": _builder("vision", "cifar10"),
-    "imagenet": _builder("vision", "imagenet"),
+    "cifar10": _builder("cifar10", "cifar10"),
+    "imagenet": _builder("imagenet", "imagenet"),
 }
 
 

@@ -24,20 +24,20 @@ the covariance is infinite and so is the KL to every Gaussian.
 
 A mixture of such classes with the mixture's own priors therefore has the exact joint
 KL(P || Q) = sum_k pi_k KL_k against the moment-matched class-conditional Gaussian mixture:
-ground truth for the eps estimators in :mod:`gmcert.eps.estimators`.
+ground truth for the eps estimators in :mod:`gmcert.eps` (see :func:`gmcert.eps.true_kl` for
+the Monte Carlo KL against any fitted mixture).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 from scipy import linalg, special
 
 from gmcert.data import GroundTruth, LabelledData, class_log_joint
 from gmcert.data.synthetic import synthetic_parameters
+from gmcert.eps.gaussian import cholesky, kl_gaussian_from_cholesky
 
 __all__ = [
     "sample_student_t_mixture",
@@ -45,8 +45,7 @@ __all__ = [
     "student_t_entropy",
     "moment_matched_covariance",
     "kl_student_t_to_gaussian",
-    "kl_monte_carlo",
-    "MonteCarloKL",
+    "build_distorted",
 ]
 
 
@@ -66,13 +65,6 @@ def _check_scale(scale, d: int | None = None) -> np.ndarray:
     if not np.allclose(scale, scale.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(scale).max())):
         raise ValueError("scale must be symmetric")
     return scale
-
-
-def _cholesky(mat: np.ndarray, name: str) -> np.ndarray:
-    try:
-        return linalg.cholesky(mat, lower=True)
-    except linalg.LinAlgError as exc:
-        raise ValueError(f"{name} must be positive definite") from exc
 
 
 def sample_student_t_mixture(
@@ -108,7 +100,7 @@ def sample_student_t_mixture(
     scales = np.broadcast_to(scale, (K, d, d)) if scale.shape == (d, d) else scale
     if scales.shape != (K, d, d):
         raise ValueError(f"scale must have shape ({d}, {d}) or ({K}, {d}, {d}), got {scale.shape}")
-    chols = np.stack([_cholesky(_check_scale(s, d), "scale") for s in scales])
+    chols = np.stack([cholesky(_check_scale(s, d), "scale", hint=None) for s in scales])
     nus = np.broadcast_to(np.asarray(nu, dtype=np.float64), (K,))
     for v in nus:
         _check_nu(v)
@@ -146,7 +138,7 @@ def student_t_logpdf(Z, mean, scale, nu) -> np.ndarray:
         raise ValueError(f"mean must have shape ({d},), got {mean.shape}")
     scale = _check_scale(scale, d)
     nu = _check_nu(nu)
-    chol = _cholesky(scale, "scale")
+    chol = cholesky(scale, "scale", hint=None)
     u = linalg.solve_triangular(chol, (Z - mean).T, lower=True)
     delta = np.einsum("ij,ij->j", u, u)
     half_logdet = np.log(np.diag(chol)).sum()
@@ -166,7 +158,7 @@ def student_t_entropy(scale, nu) -> float:
     scale = _check_scale(scale)
     nu = _check_nu(nu)
     d = scale.shape[0]
-    half_logdet = np.log(np.diag(_cholesky(scale, "scale"))).sum()
+    half_logdet = np.log(np.diag(cholesky(scale, "scale", hint=None))).sum()
     if math.isinf(nu):
         return float(half_logdet + 0.5 * d * math.log(2 * math.pi * math.e))
     a, b = 0.5 * nu, 0.5 * d
@@ -242,7 +234,7 @@ def kl_student_t_to_gaussian(scale, nu, cov_q=None, mean_shift=None) -> float:
     if nu <= 2:
         return math.inf
     if cov_q is None and mean_shift is None:
-        _cholesky(scale, "scale")
+        cholesky(scale, "scale", hint=None)
         return _negentropy_student_t(nu, d)
     cov_p = moment_matched_covariance(scale, nu)
     cov_q = cov_p if cov_q is None else _check_scale(cov_q, d)
@@ -251,46 +243,10 @@ def kl_student_t_to_gaussian(scale, nu, cov_q=None, mean_shift=None) -> float:
         raise ValueError(f"mean_shift must have shape ({d},), got {shift.shape}")
     # KL(t || Q) = KL(t || G) + KL(G || Q) with G the moment-matched Gaussian (exact, because
     # log Q is quadratic): the negentropy keeps its cancellation-safe evaluation.
-    lp = _cholesky(cov_p, "scale")
-    lq = _cholesky(cov_q, "cov_q")
-    a = linalg.solve_triangular(lq, lp, lower=True)
-    s = linalg.solve_triangular(lq, shift, lower=True)
-    logdet_ratio = 2.0 * (np.log(np.diag(lq)).sum() - np.log(np.diag(lp)).sum())
-    kl_gauss = 0.5 * (np.sum(a * a) + s @ s - d + logdet_ratio)
+    kl_gauss = kl_gaussian_from_cholesky(
+        cholesky(cov_p, "scale", hint=None), cholesky(cov_q, "cov_q", hint=None), shift
+    )
     return float(_negentropy_student_t(nu, d) + kl_gauss)
-
-
-class MonteCarloKL(NamedTuple):
-    """Monte Carlo KL estimate: mean of log p - log q, its standard error, sample size."""
-
-    estimate: float
-    stderr: float
-    n: int
-
-
-def kl_monte_carlo(
-    Z_from_P,
-    logp_fn: Callable[[np.ndarray], np.ndarray],
-    logq_fn: Callable[[np.ndarray], np.ndarray],
-) -> MonteCarloKL:
-    """Unbiased Monte Carlo KL(P || Q) = E_P[log p - log q] from Z (n, d) ~ P.
-
-    ``logp_fn`` / ``logq_fn`` map (n, d) -> (n,) log-densities (both normalised). The standard
-    error is std(log p - log q) / sqrt(n); it is finite when log(p/q) has a finite variance
-    under P (true for a t with nu > 4 against any Gaussian). Use it for any fitted Q where the
-    closed form does not apply.
-    """
-    Z = np.asarray(Z_from_P, dtype=np.float64)
-    if Z.ndim != 2 or len(Z) < 2:
-        raise ValueError(f"Z_from_P must have shape (n, d) with n >= 2, got {Z.shape}")
-    logp = np.asarray(logp_fn(Z), np.float64)
-    logq = np.asarray(logq_fn(Z), np.float64)
-    if logp.shape != (len(Z),) or logq.shape != (len(Z),):
-        raise ValueError("logp_fn and logq_fn must return one log-density per row of Z")
-    diff = logp - logq
-    if not np.all(np.isfinite(diff)):
-        raise ValueError("log p - log q is not finite at some sample; check the densities")
-    return MonteCarloKL(float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(Z))), len(Z))
 
 
 def build_distorted(

@@ -1,6 +1,7 @@
-"""Fitting the robust linear rule (THEORY.md section 2) to data.
+"""The fit stage: the mixture's Bayes rule, or the robust linear rule (docs/theory.md section 2),
+from the train latents.
 
-The rule is LDA with the shared covariance replaced by Sigma + tau I. Two classes: tau is the
+The robust rule is LDA with the shared covariance replaced by Sigma + tau I. Two classes: tau is the
 closed-form optimum for the target radius (Bhagoji et al. 2019; Dan et al. 2020). K > 2 classes:
 one shared tau chosen to maximise certified accuracy at the target radius on a held-out split
 of train (never test), then the rule is refitted on all of train with that tau.
@@ -11,14 +12,30 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from omegaconf import OmegaConf
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
-from gmcert.certify import certify_latents
+from gmcert.certify.latent import certify_latents
 from gmcert.certify.linear import LinearCertifier
+from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.population.ceiling import impossibility_radius, robust_tau
 
 log = logging.getLogger(__name__)
+
+
+def fit_mixture(Z_train, y_train, mixture_cfg, *, seed: int) -> GaussianMixtureClassifier:
+    """The mixture fitted as ``mixture_cfg`` says: plain, or robust at ``robust_radius``."""
+    opts = OmegaConf.to_container(mixture_cfg, resolve=True)
+    opts.pop("name", None)
+    robust_radius = opts.pop("robust_radius")
+    holdout = opts.pop("holdout_fraction")
+    mixture = GaussianMixtureClassifier(**opts, random_state=seed)
+    if robust_radius is None:
+        return mixture.fit(Z_train, y_train)
+    return fit_robust_mixture(
+        mixture, Z_train, y_train, radius=robust_radius, holdout_fraction=holdout, seed=seed
+    )
 
 
 def fit_robust_mixture(

@@ -1,6 +1,6 @@
 """`GaussianMixtureClassifier`: the class-conditional Gaussian mixture Q and its Bayes rule.
 
-Q(z, y=k) = pi_k N(z; mu_k, Sigma_k) (THEORY.md section 1). The fit streams over row chunks
+Q(z, y=k) = pi_k N(z; mu_k, Sigma_k) (docs/theory.md section 1). The fit streams over row chunks
 in two passes (means, then centred second and fourth moments), all in float64, so latents can
 stay on disk (a memory map) however many there are.
 """
@@ -135,7 +135,7 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     reg_covar : added to every covariance's diagonal, so that a constant feature (a
         always-black pixel) cannot make a covariance singular.
     rank : the rank of U_k for ``lowrank``.
-    tau : the robust linear rule for a target radius (THEORY.md section 2) classifies with
+    tau : the robust linear rule for a target radius (docs/theory.md section 2) classifies with
         Sigma + tau I; 0 is the plain Bayes rule. ``covariances_`` (the fitted Q) exclude it.
     chunk_size : rows per pass-chunk of the streamed fit.
     random_state : seed for ``sample``.

@@ -1,12 +1,15 @@
-"""Certified accuracy under the mixture Q itself (THEORY.md section 5)."""
+"""Certified accuracy under the mixture Q itself (docs/theory.md section 5)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy import linalg, stats
 
+from gmcert.certify.latent import certify_latents
 from gmcert.certify.norms import DUAL_EXPONENT, check_norm
 from gmcert.population.ceiling import optimal_robust_error
+from gmcert.report.table import certified_accuracy
 
 
 def two_class_certified_accuracy(mu0, mu1, cov, radii, *, norm: str = "l2") -> np.ndarray:
@@ -31,8 +34,22 @@ def optimal_robust_accuracy(mu0, mu1, cov, radii, *, norm: str = "l2") -> np.nda
     ``rho`` of ANY classifier, two equiprobable classes ``N(mu0, Sigma)``, ``N(mu1, Sigma)``.
 
     ``1 - Phi(-sqrt(h^T Sigma h))`` with ``h = (Sigma + tau I)^-1 (mu1 - mu0) / 2``
-    (THEORY.md sections 2 and 5; 1/2 once ``rho >= ||mu1 - mu0|| / 2``). A classifier with
+    (docs/theory.md sections 2 and 5; 1/2 once ``rho >= ||mu1 - mu0|| / 2``). A classifier with
     robust accuracy ``>= 1 - eta`` at ``rho`` exists iff this is ``>= 1 - eta``. l2 only.
     """
     half_gap = 0.5 * (np.asarray(mu1, np.float64) - np.asarray(mu0, np.float64))
     return 1.0 - np.asarray(optimal_robust_error(cov, half_gap, radii, norm=norm))
+
+
+def population_certified_accuracy(
+    mixture, certifier, radii, *, samples: int, alpha: float, seed: int, batch_size: int = 65536
+) -> pd.DataFrame:
+    """CA_Q(rho) by Monte Carlo: draw (z, y) from the fitted mixture Q and certify each draw.
+
+    ``radii`` are in the certifier's latent units. The interval is Clopper-Pearson over the
+    ``samples`` independent draws (docs/theory.md section 5, the case with no closed form).
+    """
+    Z, y = mixture.sample(samples, random_state=seed)
+    codes, radius = certify_latents(certifier, Z, batch_size=batch_size)
+    correct = mixture.classes_[codes] == y
+    return certified_accuracy(correct, radius, radii, alpha=alpha)

@@ -1,4 +1,5 @@
-"""The optimal robust linear rule and robust-accuracy ceilings under Q (THEORY.md sections 2, 5).
+"""The optimal robust linear rule and robust-accuracy ceilings under Q (docs/theory.md
+sections 2, 5).
 
 Two classes with means ``+mu`` and ``-mu``, shared covariance ``Sigma``, equal priors, an l2
 adversary of radius ``rho``: the rule ``sign(h^T (z - midpoint))`` with

@@ -1,4 +1,4 @@
-"""Tables and plots of certified accuracy, for one run."""
+"""One run's plots: certified accuracy vs radius, and the eps bound vs eps."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gmcert.io import atomic_write  # noqa: E402
+from gmcert.report.table import certified_count  # noqa: E402
 
 # Columns drawn beside the measured curve: (column, line style, legend label).
 REFERENCE_CURVES = (
@@ -17,13 +18,6 @@ REFERENCE_CURVES = (
     ("ceiling_Q", "-.", "ceiling under Q"),
     ("bound_at_eps", ":", "bound at eps"),
 )
-
-
-def certified_accuracy_curve(correct, radii, grid) -> np.ndarray:
-    """CA(r) on a grid: the fraction of points both correct and certified at radius >= r."""
-    correct = np.asarray(correct, bool)
-    ok = np.sort(np.asarray(radii, np.float64)[correct])
-    return (len(ok) - np.searchsorted(ok, grid, side="left")) / max(len(correct), 1)
 
 
 def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path, *, title: str):
@@ -45,7 +39,8 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
         finite = radii[np.isfinite(radii)]
         top = max(float(finite.max()) if finite.size else 1.0, float(table["radius"].max()))
         grid = np.linspace(0, top * 1.05, 400)
-        curve = certified_accuracy_curve(rows["correct"].to_numpy(), np.nan_to_num(radii), grid)
+        correct = rows["correct"].to_numpy(bool)
+        curve = certified_count(correct, np.nan_to_num(radii), grid) / max(len(correct), 1)
         (line,) = ax.step(grid, curve, where="post", label=f"{method} ({space} radius)")
         at = table[table["method"] == method]
         ax.errorbar(
@@ -77,39 +72,6 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
-
-
-def format_table(table: pd.DataFrame) -> str:
-    """The run's table as printed at the end of ``gmcert-run``: one line per method and radius,
-    with the interval, CA under Q and the eps bound where they exist."""
-    shown = pd.DataFrame(
-        {
-            "method": table["method"],
-            "radius": table["radius"].map("{:g}".format),
-            "certified": table["certified_accuracy"].map("{:.3f}".format),
-            "interval": [
-                f"[{lo:.3f}, {hi:.3f}]"
-                for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
-            ],
-        }
-    )
-    for column, title in (
-        ("population_Q", "CA under Q"),
-        ("ceiling_Q", "ceiling under Q"),
-        ("bound_at_eps", "bound at eps"),
-    ):
-        if column in table and table[column].notna().any():
-            shown[title] = table[column].map(lambda v: "" if np.isnan(v) else f"{v:.3f}")
-    return shown.to_string(index=False)
-
-
-# --------------------------------------------------------------------- many runs: gmcert-report
-
-
-def read_table(run_dir) -> pd.DataFrame:
-    from pathlib import Path
-
-    return pd.read_csv(Path(run_dir) / "certified_accuracy.csv")
 
 
 def plot_eps_sensitivity(

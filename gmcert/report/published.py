@@ -1,4 +1,4 @@
-"""Published certified accuracies (THEORY.md section 8), for tables side by side.
+"""Published certified accuracies (docs/theory.md section 8), for tables side by side.
 
 Cohen, Rosenfeld, Kolter (2019), "Certified Adversarial Robustness via Randomized Smoothing":
 CIFAR-10 ResNet-110 and ImageNet ResNet-50, l2 radii in [0, 1] pixel units.

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from gmcert.io import atomic_write, write_csv
-from gmcert.report.table import certified_accuracy
+from gmcert.report.table import method_table
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,14 @@ def _merged_table(group: list[RunFolder]) -> pd.DataFrame:
     certify = group[0].config.get("certify", {})
     tables = []
     for (method, norm, space), rows in first.groupby(["method", "norm", "space"], sort=False):
-        preds = predictions[predictions["method"] == method]
-        table = certified_accuracy(
-            preds["correct"].to_numpy(bool),
-            preds[f"radius_{space}"].to_numpy(),
-            rows["radius"].to_numpy(),
+        table = method_table(
+            predictions[predictions["method"] == method],
+            method=method,
+            norm=norm,
+            space=space,
+            radii=rows["radius"].to_numpy(),
             alpha=certify.get("ci_alpha", 0.05),
         )
-        table.insert(0, "method", method)
-        table.insert(1, "norm", norm)
-        table.insert(2, "space", space)
         # Columns computed from Q or eps, not from test points, are the same in every part.
         for extra in first.columns.difference(table.columns):
             table[extra] = rows[extra].to_numpy()

@@ -1,0 +1,174 @@
+"""Certification methods: one typed interface, and a registry from ``certify.methods`` names.
+
+A method certifies test points by position. For each point it returns the prediction (a class
+label, or ABSTAIN) and the certified radius in latent units and in input units (NaN where no
+honest Lipschitz bound links the two). The pipeline reads nothing else from a method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from gmcert.certify.latent import certify_latents, latent_certifier, torch_dtype
+from gmcert.certify.smoothing import ABSTAIN, SmoothedClassifier, radius_cap
+from gmcert.data import LabelledData
+from gmcert.models.heads import LinearProbeHead, MixtureHead, fit_linear_probe
+from gmcert.models.mixture import GaussianMixtureClassifier
+
+
+@dataclass(frozen=True)
+class Certified:
+    """Per point: the prediction and its radius in latent and in input units."""
+
+    predict: np.ndarray
+    radius_latent: np.ndarray
+    radius_input: np.ndarray
+
+
+@dataclass(frozen=True)
+class SmoothingSettings:
+    """What a smoothing certificate depends on; ``radius_cap`` is the largest radius CERTIFY
+    can return with these n and alpha (a limit of n, not a measurement)."""
+
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    radius_cap: float
+
+
+class CertificationMethod(Protocol):
+    name: str
+    norm: str  # the perturbation norm of its radii
+    space: str  # "input" (pixel units) or "latent": where its table radii are measured
+    exact: bool  # True: the exact radius; False: a sound lower bound
+    chunk_size: int  # points certified per call (and per resume step)
+    smoothing: SmoothingSettings | None
+
+    def certify(self, positions: np.ndarray) -> Certified: ...
+
+
+@dataclass(frozen=True)
+class CertifyInputs:
+    """Everything a method may need, passed explicitly (no global config)."""
+
+    mixture: GaussianMixtureClassifier
+    encoder: torch.nn.Module  # carries ``lipschitz``: l2 -> l2 bound, or None
+    data: LabelledData
+    train_latents: np.ndarray
+    test_latents: np.ndarray
+    device: torch.device
+    options: Any  # the run's ``certify`` config node
+    seed: int
+
+
+class ClosedForm:
+    """The exact latent certificate of the mixture's rule (docs/theory.md section 3); input radii
+    are latent radii over the encoder's Lipschitz bound, where it has one."""
+
+    name = "closed_form"
+    smoothing = None
+
+    def __init__(self, inputs: CertifyInputs):
+        opts = inputs.options
+        self.norm = opts.norm
+        self.chunk_size = opts.batch_size
+        self._latents = inputs.test_latents
+        self._classes = inputs.mixture.classes_
+        self._lipschitz = inputs.encoder.lipschitz
+        self.space = "input" if self._lipschitz else "latent"
+        self._certifier = latent_certifier(
+            inputs.mixture, norm=opts.norm, device=inputs.device, dtype=torch_dtype(opts.dtype)
+        )
+        # Quadratic boundaries in linf / l1 give a sound lower bound, not the exact radius.
+        self.exact = bool(getattr(self._certifier, "exact", True))
+
+    def certify(self, positions: np.ndarray) -> Certified:
+        codes, radius = certify_latents(
+            self._certifier, self._latents[positions], batch_size=self.chunk_size
+        )
+        lip = self._lipschitz
+        radius_input = radius / lip if lip else np.full_like(radius, np.nan)
+        return Certified(self._classes[codes], radius, radius_input)
+
+
+class Smoothing:
+    """Randomized smoothing (Cohen et al. 2019, docs/theory.md section 4) of ``encoder -> head``.
+
+    Radii are l2 in input pixel units. Each chunk of test points draws its noise from a
+    generator seeded by the seed and the chunk's first index, so a resumed run reproduces the
+    uninterrupted one.
+    """
+
+    norm = "l2"
+    space = "input"
+    exact = True
+
+    def __init__(self, inputs: CertifyInputs, *, head: str):
+        opts = inputs.options
+        self.name = f"smoothing_{head}"
+        self._device, self._seed = inputs.device, inputs.seed
+        if head == "gmm":
+            module, self._classes = MixtureHead(inputs.mixture), inputs.mixture.classes_
+        else:
+            probe = fit_linear_probe(
+                inputs.train_latents, inputs.data.train.labels, seed=inputs.seed
+            )
+            module = LinearProbeHead(probe)
+            self._classes = module.classes
+        base = torch.nn.Sequential(inputs.encoder, module).eval().to(inputs.device)
+        self._smoothed = SmoothedClassifier(
+            base, len(self._classes), opts.sigma, device=inputs.device, batch_size=opts.noise_batch
+        )
+        self._inputs = inputs.data.test.inputs
+        self.smoothing = SmoothingSettings(
+            sigma=opts.sigma,
+            n0=opts.n0,
+            n=opts.n,
+            alpha=opts.alpha,
+            radius_cap=radius_cap(opts.sigma, opts.n, opts.alpha),
+        )
+        # Several points share forward passes when n is small next to the noise batch.
+        self.chunk_size = max(1, opts.noise_batch // opts.n)
+
+    def _batch(self, positions) -> torch.Tensor:
+        if isinstance(self._inputs, np.ndarray):
+            return torch.from_numpy(np.asarray(self._inputs[positions], dtype=np.float32))
+        return torch.stack([self._inputs[int(p)][0] for p in positions])
+
+    def certify(self, positions: np.ndarray) -> Certified:
+        settings = self.smoothing
+        generator = torch.Generator(self._device)
+        generator.manual_seed(self._seed * 1_000_003 + int(positions[0]))
+        certs = self._smoothed.certify_batch(
+            self._batch(positions),
+            n0=settings.n0,
+            n=settings.n,
+            alpha=settings.alpha,
+            generator=generator,
+        )
+        codes = np.array([c.prediction for c in certs])
+        predict = np.where(codes == ABSTAIN, ABSTAIN, self._classes[np.maximum(codes, 0)])
+        radius = np.array([c.radius for c in certs])
+        return Certified(predict, np.full_like(radius, np.nan), radius)
+
+
+METHODS: dict[str, Callable[[CertifyInputs], CertificationMethod]] = {
+    "closed_form": ClosedForm,
+    "smoothing_gmm": lambda inputs: Smoothing(inputs, head="gmm"),
+    "smoothing_probe": lambda inputs: Smoothing(inputs, head="probe"),
+}
+
+
+def build_methods(names, inputs: CertifyInputs) -> list[CertificationMethod]:
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise ValueError(
+            f"certify.methods must name one or more of {sorted(METHODS)}, got {list(names)}"
+        )
+    return [METHODS[name](inputs) for name in names]

@@ -1,0 +1,189 @@
+"""Weight files of the pretrained encoders: safe reading, strict loading, torch hub's cache.
+
+Nothing here downloads.  Files are read with ``torch.load(weights_only=True)`` (no pickled
+code); torchvision's named weights are looked up where torch hub keeps them
+(``<torch.hub.get_dir()>/checkpoints/<file>``), and a missing file is an error that says where
+to put it.  ``weights=None`` / "random" builds a randomly initialised network, for tests only.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+_RANDOM_NAMES = ("random", "none", "null", "")
+
+
+def is_random(weights: str | Path | None) -> bool:
+    return weights is None or (isinstance(weights, str) and weights.lower() in _RANDOM_NAMES)
+
+
+def warn_random(name: str) -> None:
+    log.warning(
+        "%s: RANDOMLY INITIALISED weights (weights=None/'random'). Latents from a random "
+        "network are for tests only; this is NOT a real experiment.",
+        name,
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a weight file safely (``torch.load(weights_only=True)``) into a flat state dict.
+
+    Accepts a plain state dict or a checkpoint dict holding one under "state_dict", "model",
+    "model_state_dict" or "module"; strips the prefixes that DataParallel/DDP ("module."),
+    torch.compile ("_orig_mod.") and this package's wrapper ("backbone.") add to every key.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a tensor state dict loadable with weights_only=True.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"weight file {p} does not exist; set encoder.weights=/path/to/file.pth to an "
+            "existing state-dict file, 'default' for torchvision's cached weights, or 'random'"
+        )
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"cannot read {p} with torch.load(weights_only=True): {err}. gmcert only loads "
+            "plain tensor state dicts (no pickled code, for safety); re-save it with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    for _ in range(3):  # checkpoints nest at most a couple of levels
+        if isinstance(obj, dict) and not _is_tensor_dict(obj):
+            inner = next(
+                (
+                    obj[k]
+                    for k in ("state_dict", "model", "model_state_dict", "module")
+                    if isinstance(obj.get(k), dict)
+                ),
+                None,
+            )
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not _is_tensor_dict(obj):
+        raise ValueError(
+            f"{p} holds no tensor state dict (top-level keys: {_preview(obj)}); expected "
+            "{name: tensor} or a checkpoint with a 'state_dict'/'model' entry"
+        )
+    state = dict(obj)
+    for prefix in ("module.", "_orig_mod.", "backbone."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _is_tensor_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _preview(obj: Any) -> str:
+    if isinstance(obj, dict):
+        keys = list(obj)[:6]
+        return ", ".join(map(repr, keys)) + (" ..." if len(obj) > 6 else "")
+    return type(obj).__name__
+
+
+def load_backbone_weights(
+    backbone: nn.Module,
+    state: dict[str, Tensor],
+    *,
+    name: str,
+    source: str,
+    head_prefixes: Sequence[str] = (),
+) -> None:
+    """Load ``state`` into ``backbone`` strictly, ignoring classifier-head keys.
+
+    The encoder replaces the classifier head by Identity, so keys under ``head_prefixes``
+    (e.g. "fc." for ResNet, "heads." for ViT) are dropped.  Any other missing, unexpected or
+    mis-shaped key raises ValueError naming them: a partial load would silently leave random
+    layers inside a "pretrained" encoder.
+    """
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(head_prefixes))}
+    expected = backbone.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        ):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        raise ValueError(
+            f"{name}: weights from {source} do not fit this architecture ({'; '.join(parts)}). "
+            f"Check that the file is a {name} checkpoint and that image_size matches the size "
+            "it was trained at (ViT position embeddings depend on it)."
+        )
+    backbone.load_state_dict(state, strict=True)
+
+
+def torchvision_weights_path(url: str) -> Path:
+    """Where torch hub keeps the file from ``url``: <torch.hub.get_dir()>/checkpoints/<name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def resolve_torchvision_weights(
+    name: str, weights: str | Path, enum_cls: Any
+) -> tuple[Any | None, Path]:
+    """Map ``weights`` to (torchvision enum or None, local file) without downloading anything.
+
+    "default" -> enum_cls.DEFAULT; an enum member name ("IMAGENET1K_V1") -> that member; both
+    are looked up in torch hub's cache.  Anything else is a path to a local file.
+    """
+    if isinstance(weights, str):
+        key = weights.strip()
+        member = None
+        if key.lower() == "default":
+            member = enum_cls.DEFAULT
+        elif key.upper() in enum_cls.__members__:
+            member = enum_cls[key.upper()]
+        if member is not None:
+            path = torchvision_weights_path(member.url)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{name}: weights={weights!r} means torchvision's {enum_cls.__name__}."
+                    f"{member.name}, expected in torch hub's cache at {path} (torch.hub.get_dir()"
+                    f" = {torch.hub.get_dir()}, set by $TORCH_HOME), but that file is missing and "
+                    f"gmcert never downloads. Fix: download {member.url} to {path} (e.g. on a "
+                    "machine with internet, then copy it), or pass a local file with "
+                    "encoder.weights=/path/to/file.pth, or weights=random for a smoke test."
+                )
+            return member, path
+    path = Path(weights).expanduser()
+    if not path.exists() and isinstance(weights, str) and not any(c in weights for c in "/\\."):
+        raise FileNotFoundError(
+            f"{name}: weights={weights!r} is neither an existing file nor a known name; use "
+            f"'default', one of {sorted(enum_cls.__members__)}, 'random', or a path "
+            "(encoder.weights=/path/to/file.pth)"
+        )
+    return None, path
+
+
+__all__ = [
+    "is_random",
+    "load_backbone_weights",
+    "read_state_dict",
+    "resolve_torchvision_weights",
+    "torchvision_weights_path",
+    "warn_random",
+]

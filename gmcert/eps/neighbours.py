@@ -1,0 +1,115 @@
+"""k-th nearest-neighbour distances, the shared step of the kNN and plug-in estimators.
+
+Searches run in torch on a caller-chosen device, in memory-bounded row blocks; the returned
+distances are exact float64. Exact duplicates are skipped (see :func:`kth_neighbour_distance`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from gmcert.eps.checks import as_matrix, check_k
+
+__all__ = ["DEFAULT_MAX_BATCH_BYTES", "Neighbours", "kth_neighbour_distance"]
+
+# Default memory budget for one block of pairwise distances (bytes). 256 MiB keeps a 2-core
+# laptop responsive and is far below any GPU's memory.
+DEFAULT_MAX_BATCH_BYTES = 256 * 2**20
+
+
+class Neighbours(NamedTuple):
+    """k-th neighbour distances and how many points had zero-distance neighbours skipped."""
+
+    distance: np.ndarray  # (n,) float64, Euclidean, > 0
+    zero_skipped: int  # points for which at least one exact duplicate was skipped
+
+
+def kth_neighbour_distance(
+    X,
+    Y=None,
+    *,
+    k: int = 1,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+) -> Neighbours:
+    """Euclidean distance from each row of X (n, d) to its k-th nearest neighbour.
+
+    With ``Y=None`` the neighbours are the other rows of X (the point itself excluded by
+    index); otherwise the rows of Y (m, d). Exact duplicates (distance exactly 0 in float64)
+    are skipped, so the k-th *distinct-location* neighbour is used: a sample with atoms has
+    KL(P || Q) = inf against any continuous Q, and log 0 would turn one duplicate into an
+    infinite estimate. ``zero_skipped`` counts affected points; report it.
+
+    Search: ``torch.cdist`` in row blocks of at most ``max_batch_bytes`` on ``device``, keeping
+    ``k + 8`` candidates per row with ``topk``; the candidates' distances are then recomputed
+    exactly in float64 from coordinate differences and re-ranked. ``precision`` sets the dtype
+    of the candidate search only: "float32" (fast; the float64 refinement makes the returned
+    values exact, a rank swap can only occur between candidates whose distances agree to
+    float32 round-off), "float64", or "auto" (= float32). Data are centred first so the
+    matrix-product form of cdist does not lose digits to a large common offset.
+
+    Returns:
+        Neighbours(distance (n,) float64 > 0, zero_skipped int).
+    """
+    X = as_matrix(X, "X")
+    self_search = Y is None
+    Yn = X if self_search else as_matrix(Y, "Y")
+    n, d = X.shape
+    if Yn.shape[1] != d:
+        raise ValueError(f"X has d={d} columns but Y has {Yn.shape[1]}; they must match")
+    m = Yn.shape[0]
+    check_k(k, m - 1 if self_search else m, "X minus the point itself" if self_search else "Y")
+    if precision not in ("auto", "float32", "float64"):
+        raise ValueError(f"precision must be 'auto', 'float32' or 'float64', got {precision!r}")
+    search_dtype = torch.float64 if precision == "float64" else torch.float32
+    device = torch.device(device)
+
+    centre = X.mean(axis=0)
+    x64 = torch.as_tensor(X - centre, dtype=torch.float64, device=device)
+    y64 = x64 if self_search else torch.as_tensor(Yn - centre, dtype=torch.float64, device=device)
+    xs, ys = x64.to(search_dtype), y64.to(search_dtype)
+
+    n_cand = min(k + 8, m - 1 if self_search else m)
+    itemsize = 4 if search_dtype == torch.float32 else 8
+    # cdist materialises the block plus a couple of same-sized temporaries; the refinement
+    # gathers (rows, n_cand, d) float64 coordinates.
+    rows_cdist = max_batch_bytes // max(1, 3 * m * itemsize)
+    rows_refine = max_batch_bytes // max(1, 2 * n_cand * d * 8)
+    block = int(max(1, min(n, rows_cdist, rows_refine)))
+
+    out = torch.empty(n, dtype=torch.float64, device=device)
+    skipped = torch.zeros(n, dtype=torch.bool, device=device)
+    short_rows: list[int] = []
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        dist = torch.cdist(xs[start:stop], ys)
+        if self_search:
+            rows = torch.arange(stop - start, device=device)
+            dist[rows, rows + start] = float("inf")
+        cand = torch.topk(dist, n_cand, dim=1, largest=False).indices
+        del dist
+        exact = torch.linalg.vector_norm(y64[cand] - x64[start:stop, None, :], dim=2)
+        zero = exact == 0
+        skipped[start:stop] = zero.any(dim=1)
+        exact = torch.where(zero, torch.full_like(exact, float("inf")), exact)
+        kth = torch.kthvalue(exact, k, dim=1).values
+        out[start:stop] = kth
+        bad = torch.nonzero(~torch.isfinite(kth)).flatten()
+        short_rows.extend((bad + start).tolist())
+    for i in short_rows:
+        # More than n_cand - k duplicates of this point: search its whole row exactly.
+        row = torch.linalg.vector_norm(y64 - x64[i], dim=1)
+        if self_search:
+            row[i] = float("inf")
+        row = row[row > 0]
+        if row.numel() < k:
+            raise ValueError(
+                f"row {i} of X has fewer than k={k} neighbours at non-zero distance (too many "
+                "exact duplicates); deduplicate the latents or lower k"
+            )
+        out[i] = torch.kthvalue(row, k).values
+    return Neighbours(out.cpu().numpy(), int(skipped.sum().item()))

@@ -1,0 +1,97 @@
+"""The table's population columns (docs/theory.md section 5): CA under the fitted Q beside the
+closed-form rows, and the ceiling no classifier beats under Q."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from gmcert.certify.latent import latent_certifier, torch_dtype
+from gmcert.models.mixture import GaussianMixtureClassifier
+from gmcert.population.accuracy import (
+    population_certified_accuracy,
+    two_class_certified_accuracy,
+)
+from gmcert.population.ceiling import pairwise_robust_accuracy_ceiling
+
+
+@dataclass(frozen=True)
+class PopulationQ:
+    """CA under Q at the table's closed-form radii, with its interval (exact: a point)."""
+
+    method: str  # "closed_form" or "monte_carlo"
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    samples: int | None
+    ceiling: str  # what the ceiling_Q column holds, or why it is absent
+
+    def as_metrics(self) -> dict:
+        out = {"method": self.method, "ci_low": self.ci_low.tolist()}
+        out["ci_high"] = self.ci_high.tolist()
+        if self.samples is not None:
+            out["samples"] = self.samples
+        return {**out, "ceiling": self.ceiling}
+
+
+def add_population_columns(
+    table: pd.DataFrame,
+    mixture: GaussianMixtureClassifier,
+    *,
+    lipschitz: float | None,
+    options,
+    device,
+    seed: int,
+) -> PopulationQ | None:
+    """Add ``population_Q`` (and ``ceiling_Q`` where defined) to the closed-form rows: in closed
+    form for two equiprobable shared-covariance classes, by Monte Carlo from Q otherwise.
+    ``options`` is the run's ``certify`` config node."""
+    table["population_Q"] = np.nan
+    rows = table["method"] == "closed_form"
+    if not rows.any() or options.population_samples <= 0:
+        return None
+    scale = lipschitz if table.loc[rows, "space"].iloc[0] == "input" else 1.0
+    radii = table.loc[rows, "radius"].to_numpy() * scale  # in latent units
+    two_class_bayes = (
+        len(mixture.classes_) == 2
+        and mixture.is_linear_
+        and mixture.tau == 0
+        and np.allclose(mixture.priors_, 0.5, rtol=0, atol=1e-12)
+    )
+    if two_class_bayes:
+        exact = two_class_certified_accuracy(
+            mixture.means_[0], mixture.means_[1], mixture.covariances_, radii, norm=options.norm
+        )
+        table.loc[rows, "population_Q"] = exact
+        low, high, method, samples = exact, exact, "closed_form", None
+    else:
+        certifier = latent_certifier(
+            mixture, norm=options.norm, device=device, dtype=torch_dtype(options.dtype)
+        )
+        mc = population_certified_accuracy(
+            mixture,
+            certifier,
+            radii,
+            samples=options.population_samples,
+            alpha=options.ci_alpha,
+            seed=seed,
+        )
+        table.loc[rows, "population_Q"] = mc["certified_accuracy"].to_numpy()
+        low, high = mc["ci_low"].to_numpy(), mc["ci_high"].to_numpy()
+        method, samples = "monte_carlo", options.population_samples
+    if mixture.is_linear_ and options.norm == "l2":
+        table["ceiling_Q"] = np.nan
+        table.loc[rows, "ceiling_Q"] = [
+            pairwise_robust_accuracy_ceiling(
+                mixture.means_, mixture.covariances_, mixture.priors_, rho
+            )
+            for rho in radii
+        ]
+        ceiling = (
+            "optimal robust accuracy under Q; exact for two equiprobable classes, "
+            "a sound pairwise upper bound for K > 2 (l2, shared covariance)"
+        )
+    else:
+        ceiling = "not available: needs a shared covariance and the l2 norm"
+    return PopulationQ(method, np.asarray(low), np.asarray(high), samples, ceiling)
