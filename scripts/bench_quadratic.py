@@ -1,5 +1,6 @@
 """Quadratic (per-class covariance) certificate throughput, and linear vs quadratic certify time
-on the same latents, timed side by side. Writes outputs/bench/quadratic.json."""
+on the same latents, timed side by side (median of a few runs after a warm-up). Writes
+outputs/bench/quadratic.json."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from gmcert.certify.linear import LinearCertifier
 from gmcert.certify.quadratic import QuadraticCertifier
@@ -16,13 +18,8 @@ from gmcert.io import write_json
 from gmcert.models.mixture import GaussianMixtureClassifier
 
 ROWS = 2048
-
-
-def timed(fn):
-    fn(64)  # warm-up on a small batch
-    start = time.perf_counter()
-    fn(ROWS)
-    return time.perf_counter() - start
+# Few repeats: one quadratic certify of ROWS latents is slow at d = 256.
+REPEATS = 3
 
 
 def bench(num_classes, dim):
@@ -39,8 +36,8 @@ def bench(num_classes, dim):
     quad = QuadraticCertifier(full.means_, full.class_precisions(), full.log_weights_)
     t_build = time.perf_counter() - t_build
     lin = LinearCertifier(*shared.linear_head())
-    t_quad = timed(lambda n: quad.certify(Z[:n]))
-    t_lin = timed(lambda n: lin.certify(Z[:n]))
+    t_quad = median_seconds(lambda: quad.certify(Z), REPEATS)
+    t_lin = median_seconds(lambda: lin.certify(Z), REPEATS)
     return {
         "num_classes": num_classes,
         "dim": dim,

@@ -1,4 +1,4 @@
-"""The exact quadratic (QDA) certificate against brute force (THEORY.md section 3).
+"""The exact quadratic (QDA) certificate against brute force (docs/theory.md section 3).
 
 Brute force, independent of the eigen-decomposition/dual method under test:
 - rays: for many unit directions u, the first t > 0 with g(z + t u) <= 0 is the smallest
@@ -15,6 +15,7 @@ of the best one (tightness).
 from __future__ import annotations
 
 import math
+import re
 import zlib
 
 import numpy as np
@@ -22,11 +23,8 @@ import pytest
 import torch
 from scipy import optimize, stats
 
-from gmcert.certify.quadratic import (
-    QuadraticCertifier,
-    distance_to_quadric,
-    lower_bound_from_l2,
-)
+from gmcert.certify.quadratic import QuadraticCertifier, lower_bound_from_l2
+from gmcert.certify.quadric_distance import as_real_tensor, distance_to_quadric, solve_local_quadric
 
 TIGHT = 1e-6
 # Relative rounding allowed to the brute force's own arithmetic (a closed-form root in float64).
@@ -456,13 +454,37 @@ def test_points_already_in_the_set_have_zero_radius():
 
 
 def test_distance_rejects_bad_input():
-    with pytest.raises(ValueError, match="symmetric"):
-        asymmetric = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    asymmetric = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=re.escape("A must be symmetric; pass 0.5 * (M + M.T)")):
         distance_to_quadric(torch.zeros(1, 2), asymmetric, torch.zeros(2), 1.0)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=re.escape("Z must have shape (n, d), got (2,)")):
         distance_to_quadric(torch.zeros(2), torch.eye(2), torch.zeros(2), 1.0)
-    with pytest.raises(ValueError, match="A must be"):
+    with pytest.raises(ValueError, match=re.escape("A must be (3, 3), b (3,) and c a scalar")):
         distance_to_quadric(torch.zeros(1, 3), torch.eye(2), torch.zeros(2), 1.0)
+
+
+def test_solve_local_quadric_rejects_mismatched_shapes():
+    P, n, d = 2, 3, 4
+    values, gradients = torch.ones(P, n), torch.ones(P, n, d)
+    matrices = torch.eye(d).expand(P, d, d)
+    eigenvalues, eigenvectors = torch.ones(P, d), torch.eye(d).expand(P, d, d)
+    with pytest.raises(ValueError, match=re.escape("gradients must have shape (P, n, d)")):
+        solve_local_quadric(values, gradients[0], matrices, eigenvalues, eigenvectors)
+    with pytest.raises(ValueError, match=re.escape("eigenvalues must have shape (2, 4)")):
+        solve_local_quadric(values, gradients, matrices, eigenvalues[:, :3], eigenvectors)
+
+
+@pytest.mark.parametrize(
+    "x,message",
+    [
+        (torch.ones(2, dtype=torch.complex128), "Z must be a real array, got dtype"),
+        (torch.ones(2, dtype=torch.bool), "Z must be a real array, got dtype"),
+        ("not a number", "Z must be a real array convertible to"),
+    ],
+)
+def test_as_real_tensor_rejects_non_real_input(x, message):
+    with pytest.raises(ValueError, match=message):
+        as_real_tensor(x, "Z", torch.device("cpu"), torch.float64)
 
 
 def test_python_float_constant_keeps_float64():
@@ -628,24 +650,30 @@ def test_other_norms_are_sound_lower_bounds(norm):
 
 
 def test_lower_bound_from_l2_rejects_unknown_norm():
-    with pytest.raises(ValueError, match="norm"):
+    with pytest.raises(ValueError, match=re.escape("norm must be one of ('l2', 'linf', 'l1')")):
         lower_bound_from_l2(torch.ones(2), 3, "l3")
 
 
 def test_certifier_rejects_bad_input():
     means, precisions, lw = np.zeros((2, 2)), np.stack([np.eye(2)] * 2), np.zeros(2)
-    with pytest.raises(ValueError, match="norm"):
+    with pytest.raises(ValueError, match=re.escape("norm must be one of ('l2', 'linf', 'l1')")):
         make_certifier(means, precisions, lw, norm="l7")
-    with pytest.raises(ValueError, match="positive definite"):
+    with pytest.raises(ValueError, match="every precision matrix must be positive definite"):
         make_certifier(means, np.stack([np.eye(2), -np.eye(2)]), lw)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=re.escape("precisions must have shape (K, d, d)")):
         make_certifier(means, precisions[:1], lw)
-    with pytest.raises(ValueError, match="symmetric"):
+    with pytest.raises(ValueError, match=re.escape("log_weights must have shape (2,)")):
+        make_certifier(means, precisions, lw[:1])
+    with pytest.raises(ValueError, match=re.escape("precisions[1] must be symmetric")):
         make_certifier(means, np.stack([np.eye(2), np.array([[1.0, 0.5], [0.0, 1.0]])]), lw)
+    with pytest.raises(ValueError, match="means contains NaN or inf"):
+        make_certifier(means + np.nan, precisions, lw)
     cert = make_certifier(means + np.eye(2), precisions, lw)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=re.escape("Z must have shape (n, 2), got (3, 5)")):
         cert.radii(torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="class indices"):
+    with pytest.raises(ValueError, match=re.escape("pred must have shape (3,) like Z's rows")):
+        cert.radii(torch.zeros(3, 2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=re.escape("pred must hold class indices in [0, 2)")):
         cert.radii(torch.zeros(3, 2), torch.tensor([0, 1, 2]))
 
 
