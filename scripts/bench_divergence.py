@@ -36,6 +36,7 @@ from gmcert.data.student_t import (
     sample_student_t_mixture,
 )
 from gmcert.eps import (
+    NeighbourSearch,
     estimate_eps,
     kl_dv_gaussian,
     kl_knn,
@@ -82,10 +83,12 @@ def bench_dimension(
     mean = np.zeros(d)
     Y = rng.standard_normal((n, d)) @ np.linalg.cholesky(cov).T
     single = out["single_class"]
+    search = NeighbourSearch(device=device)
+    search64 = NeighbourSearch(device=device, precision="float64")
     runs = {
-        "knn": lambda: kl_knn(X, Y, device=device),
-        "knn_float64_search": lambda: kl_knn(X, Y, device=device, precision="float64"),
-        "plugin": lambda: kl_plugin_gaussian(X, mean, cov, device=device),
+        "knn": lambda: kl_knn(X, Y, search=search),
+        "knn_float64_search": lambda: kl_knn(X, Y, search=search64),
+        "plugin": lambda: kl_plugin_gaussian(X, mean, cov, search=search),
         "dv": lambda: kl_dv_gaussian(X, mean, cov, random_state=0),
         "dv_logistic": lambda: kl_dv_gaussian(
             X, mean, cov, discriminator="logistic", random_state=0

@@ -27,6 +27,7 @@ from gmcert.data.student_t import (
     student_t_logpdf,
 )
 from gmcert.eps import (
+    NeighbourSearch,
     TermEstimate,
     bootstrap_ci,
     entropy_kozachenko_leonenko,
@@ -124,11 +125,33 @@ def test_duplicates_are_skipped_and_counted():
     np.testing.assert_allclose(got.distance, np.sort(Dd, axis=1)[:, 1], rtol=1e-12)
 
 
+def test_neighbour_search_settings_and_shared_distances():
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((200, 4)), 1.3 * rng.standard_normal((300, 4))
+    search = NeighbourSearch(k=2, precision="float64", max_batch_bytes=50_000)
+    ref = kth_neighbour_distance(X, Y, k=2, precision="float64", max_batch_bytes=50_000)
+    np.testing.assert_array_equal(search.distances(X, Y).distance, ref.distance)
+    # Within-X distances passed as rho give the same estimates as computing them afresh.
+    rho = search.distances(X)
+    assert search.within(X, rho) is rho
+    knn = kl_knn(X, Y, search=search)
+    assert kl_knn(X, Y, search=search, rho=rho).estimate == knn.estimate
+    assert knn.info["k"] == 2
+    ent = entropy_kozachenko_leonenko(X, search=search)
+    assert entropy_kozachenko_leonenko(X, search=search, rho=rho).estimate == ent.estimate
+    plug = kl_plugin_gaussian(X, np.zeros(4), np.eye(4), search=search, rho=rho)
+    assert plug.info["entropy"] == ent.estimate
+    with pytest.raises(ValueError, match="rho was computed for a different X"):
+        entropy_kozachenko_leonenko(X[:-1], search=search, rho=rho)
+    with pytest.raises(ValueError, match="rho was computed for a different X"):
+        kl_knn(X[:-1], Y, search=search, rho=rho)
+
+
 def test_entropy_kozachenko_leonenko_gaussian_low_dim():
     # KL entropy of N(0, Sp) in d = 2: closed form 0.5 log det(2 pi e Sp).
     _, cov_p, _, _ = _pair(2)
     X = np.random.default_rng(4).multivariate_normal(np.zeros(2), cov_p, size=4000)
-    est = entropy_kozachenko_leonenko(X, k=3)
+    est = entropy_kozachenko_leonenko(X, search=NeighbourSearch(k=3))
     true = 0.5 * np.linalg.slogdet(2 * math.pi * math.e * cov_p)[1]
     assert abs(est.estimate - true) < 4 * _se(est) + 0.03
 

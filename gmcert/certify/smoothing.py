@@ -138,23 +138,10 @@ class SmoothedClassifier:
 
     # ------------------------------------------------------------------ CERTIFY / PREDICT
 
-    def certify(
-        self,
-        x: torch.Tensor,
-        *,
-        n0: int = 100,
-        n: int = 100_000,
-        alpha: float = 0.001,
-        generator: torch.Generator | None = None,
-    ) -> Certificate:
-        """CERTIFY one input ``x`` of shape ``input_shape`` (docs/theory.md section 4).
-
-        ``n0`` noisy copies select the top class cA; ``n`` fresh copies count ``nA``. With
-        probability at least ``1 - alpha``, the smoothed classifier predicts cA on the l2 ball of
-        the returned radius (pixel units); it abstains when ``pA_lower < 1/2``.
-        """
-        xs = _as_batch_of_one(x)
-        return self.certify_batch(xs, n0=n0, n=n, alpha=alpha, generator=generator)[0]
+    def certify(self, x: torch.Tensor, **sampling) -> Certificate:
+        """CERTIFY one input ``x`` of shape ``input_shape``: :meth:`certify_batch` of a batch of
+        one, with the same keyword options (n0, n, alpha, generator) and guarantee."""
+        return self.certify_batch(_as_batch_of_one(x), **sampling)[0]
 
     def certify_batch(
         self,
@@ -165,10 +152,13 @@ class SmoothedClassifier:
         alpha: float = 0.001,
         generator: torch.Generator | None = None,
     ) -> list[Certificate]:
-        """CERTIFY each of the ``M`` inputs ``xs`` ``(M, *input_shape)``; one Certificate each.
+        """CERTIFY each of the ``M`` inputs ``xs`` ``(M, *input_shape)``; one Certificate each
+        (docs/theory.md section 4).
 
-        Same guarantee as :meth:`certify`, separately for each input (probability at least
-        ``1 - alpha`` each, not jointly). Noise is independent across inputs; copies of several
+        ``n0`` noisy copies select the top class cA; ``n`` fresh copies count ``nA``. With
+        probability at least ``1 - alpha`` (for each input separately, not jointly), the
+        smoothed classifier predicts cA on the l2 ball of the returned radius (pixel units); it
+        abstains when ``pA_lower < 1/2``. Noise is independent across inputs; copies of several
         inputs share forward passes, which pays off when ``n`` is small next to ``batch_size``.
         """
         _check_int(n0, "n0", 1, "selection samples (docs/theory.md section 4 default: 100)")

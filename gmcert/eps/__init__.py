@@ -16,11 +16,11 @@ because each is biased in a different way in high dimension:
 
 Modules, one job each: :mod:`~gmcert.eps.results` (the :class:`TermEstimate` every estimator
 returns), :mod:`~gmcert.eps.checks` (input checks), :mod:`~gmcert.eps.gaussian` (closed forms),
-:mod:`~gmcert.eps.neighbours` (batched torch neighbour search), the estimators above and their
-discriminators (:mod:`~gmcert.eps.discriminators`), :mod:`~gmcert.eps.bootstrap`,
-:mod:`~gmcert.eps.per_class` (the registry :data:`ESTIMATORS`), :mod:`~gmcert.eps.estimate`
-(:func:`estimate_eps`), :mod:`~gmcert.eps.gaussianity` (normality diagnostics) and
-:mod:`~gmcert.eps.truth` (the exact KL when P is known, :func:`true_kl`).
+:mod:`~gmcert.eps.neighbours` (batched torch neighbour search; :class:`NeighbourSearch` holds its
+settings), the estimators above and their discriminators (:mod:`~gmcert.eps.discriminators`),
+:mod:`~gmcert.eps.bootstrap`, :mod:`~gmcert.eps.per_class` (the registry :data:`ESTIMATORS`),
+:mod:`~gmcert.eps.estimate` (:func:`estimate_eps`), :mod:`~gmcert.eps.gaussianity` (normality
+diagnostics) and :mod:`~gmcert.eps.truth` (the exact KL when P is known, :func:`true_kl`).
 
 Nothing here is a guarantee: the certificate holds for a stated eps, and these are estimates
 of eps. All statistics are float64. Units: latent coordinates in, nats out.
@@ -32,7 +32,7 @@ from gmcert.eps.estimate import estimate_eps, label_kl
 from gmcert.eps.gaussian import gaussian_logpdf, kl_gaussian
 from gmcert.eps.gaussianity import gaussianity_tests, henze_zirkler_test, mardia_test
 from gmcert.eps.knn import kl_knn
-from gmcert.eps.neighbours import Neighbours, kth_neighbour_distance
+from gmcert.eps.neighbours import Neighbours, NeighbourSearch, kth_neighbour_distance
 from gmcert.eps.per_class import ESTIMATORS
 from gmcert.eps.plugin import entropy_kozachenko_leonenko, kl_plugin_gaussian
 from gmcert.eps.results import TermEstimate
@@ -40,6 +40,7 @@ from gmcert.eps.truth import true_kl
 
 __all__ = [
     "ESTIMATORS",
+    "NeighbourSearch",
     "Neighbours",
     "TermEstimate",
     "bootstrap_ci",

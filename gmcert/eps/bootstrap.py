@@ -9,6 +9,8 @@ guarantee: the certificate holds for a stated eps, and these are estimates of ep
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from scipy import special
@@ -18,33 +20,30 @@ from gmcert.eps.results import TermEstimate
 __all__ = ["bootstrap_ci", "bootstrap_replicates", "check_boot", "percentile_bounds"]
 
 
-def _boot_means(terms: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of n_boot resamples (with replacement) of ``terms``, in memory-bounded chunks."""
+def _resampled(
+    terms: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+    reduce: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``reduce`` (row-wise, (b, n) -> (b,)) of n_boot resamples (with replacement) of
+    ``terms``, drawn in memory-bounded chunks of rows."""
     n = len(terms)
     chunk = max(1, int(2**24 // max(n, 1)))
     out = np.empty(n_boot)
     for s in range(0, n_boot, chunk):
         e = min(n_boot, s + chunk)
-        out[s:e] = terms[rng.integers(0, n, size=(e - s, n))].mean(axis=1)
+        out[s:e] = reduce(terms[rng.integers(0, n, size=(e - s, n))])
     return out
-
-
-def _boot_logmeanexp(terms: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Log-mean-exps of n_boot resamples of ``terms``, in the same chunks as the means."""
-    n = len(terms)
-    chunk = max(1, int(2**24 // max(n, 1)))
-    out = np.empty(n_boot)
-    for s in range(0, n_boot, chunk):
-        e = min(n_boot, s + chunk)
-        out[s:e] = special.logsumexp(terms[rng.integers(0, n, size=(e - s, n))], axis=1)
-    return out - math.log(n)
 
 
 def bootstrap_replicates(est: TermEstimate, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot,) bootstrap replicates of ``est.estimate``; Q terms resampled independently."""
-    reps = _boot_means(est.p_terms, n_boot, rng)
+    reps = _resampled(est.p_terms, n_boot, rng, partial(np.mean, axis=1))
     if est.q_log_terms is not None:
-        reps = reps - _boot_logmeanexp(est.q_log_terms, n_boot, rng)
+        q = est.q_log_terms
+        log_sums = _resampled(q, n_boot, rng, partial(special.logsumexp, axis=1))
+        reps = reps - (log_sums - math.log(len(q)))
     return reps
 
 

@@ -22,6 +22,7 @@ import torch
 
 from gmcert.eps.bootstrap import bootstrap_replicates, check_boot, percentile_bounds
 from gmcert.eps.checks import as_matrix
+from gmcert.eps.neighbours import NeighbourSearch
 from gmcert.eps.per_class import ESTIMATORS, ClassContext
 from gmcert.eps.results import to_jsonable
 
@@ -202,6 +203,7 @@ def _per_class(
         {e: np.full((s.n_boot, K), np.nan) for e in s.estimators},
     )
     sub_rng = np.random.default_rng([s.random_state, 0x5B])
+    search = NeighbourSearch(k=s.k, device=s.device, precision=s.precision)
     for c in range(K):
         idx = np.flatnonzero(y == c)
         entry: dict[str, Any] = {"n": int(len(idx))}
@@ -215,9 +217,8 @@ def _per_class(
                 table.estimates[e][c] = 0.0  # weight P(y=c) = 0: contributes nothing
                 table.reps[e][:, c] = 0.0
             continue
-        seed = (s.random_state, c)
         ctx = ClassContext(
-            Z[idx], q.means[c], q.covs[c], s.k, int(s.q_ratio), s.device, s.precision, seed
+            Z[idx], q.means[c], q.covs[c], search, int(s.q_ratio), (s.random_state, c)
         )
         for e in s.estimators:
             entry[e] = _run_estimator(e, ctx, c, table, s, notes)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from gmcert.eps.checks import as_matrix
-from gmcert.eps.neighbours import DEFAULT_MAX_BATCH_BYTES, Neighbours, kth_neighbour_distance
+from gmcert.eps.neighbours import DEFAULT_SEARCH, Neighbours, NeighbourSearch
 from gmcert.eps.results import TermEstimate
 
 __all__ = ["kl_knn"]
@@ -23,10 +22,7 @@ def kl_knn(
     X,
     Y,
     *,
-    k: int = 1,
-    device: str | torch.device = "cpu",
-    precision: str = "auto",
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    search: NeighbourSearch = DEFAULT_SEARCH,
     rho: Neighbours | None = None,
 ) -> TermEstimate:
     """kNN estimate of KL(P || Q) (Wang, Kulkarni and Verdu 2009), X (n, d) ~ P, Y (m, d) ~ Q.
@@ -37,23 +33,20 @@ def kl_knn(
     and can be several nats (either sign) once d is in the tens, so read it beside ``plugin``
     and ``dv``. Per-sample terms are ``d log(nu/rho) + log(m/(n-1))``.
 
-    ``rho`` may pass precomputed within-X distances (same k) to share work with the plug-in.
+    ``search`` sets k and the neighbour search; ``rho`` may pass precomputed within-X distances
+    (same k) to share work with the plug-in.
     """
     X = as_matrix(X, "X")
     Y = as_matrix(Y, "Y")
     n, d = X.shape
     if n < 2:
         raise ValueError("kl_knn needs at least 2 samples from P (n >= k + 1)")
-    kw = dict(k=k, device=device, precision=precision, max_batch_bytes=max_batch_bytes)
-    if rho is None:
-        rho = kth_neighbour_distance(X, None, **kw)
-    elif rho.distance.shape != (n,):
-        raise ValueError("rho was computed for a different X; omit it to recompute")
-    nu = kth_neighbour_distance(X, Y, **kw)
+    rho = search.within(X, rho)
+    nu = search.distances(X, Y)
     m = Y.shape[0]
     terms = d * (np.log(nu.distance) - np.log(rho.distance)) + math.log(m / (n - 1))
     return TermEstimate(
         float(terms.mean()),
         terms,
-        info={"k": k, "n": n, "m": m, "zero_skipped": rho.zero_skipped + nu.zero_skipped},
+        info={"k": search.k, "n": n, "m": m, "zero_skipped": rho.zero_skipped + nu.zero_skipped},
     )

@@ -6,6 +6,7 @@ distances are exact float64. Exact duplicates are skipped (see :func:`kth_neighb
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -13,7 +14,13 @@ import torch
 
 from gmcert.eps.checks import as_matrix, check_k
 
-__all__ = ["DEFAULT_MAX_BATCH_BYTES", "Neighbours", "kth_neighbour_distance"]
+__all__ = [
+    "DEFAULT_MAX_BATCH_BYTES",
+    "DEFAULT_SEARCH",
+    "NeighbourSearch",
+    "Neighbours",
+    "kth_neighbour_distance",
+]
 
 # Default memory budget for one block of pairwise distances (bytes). 256 MiB keeps a 2-core
 # laptop responsive and is far below any GPU's memory.
@@ -25,6 +32,40 @@ class Neighbours(NamedTuple):
 
     distance: np.ndarray  # (n,) float64, Euclidean, > 0
     zero_skipped: int  # points for which at least one exact duplicate was skipped
+
+
+@dataclass(frozen=True)
+class NeighbourSearch:
+    """How the kNN-based estimators search: neighbour order ``k`` and the search settings of
+    :func:`kth_neighbour_distance` (``device``, ``precision``, ``max_batch_bytes``)."""
+
+    k: int = 1
+    device: str | torch.device = "cpu"
+    precision: str = "auto"
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+
+    def distances(self, X, Y=None) -> Neighbours:
+        """:func:`kth_neighbour_distance` of X within X (``Y=None``) or in Y, these settings."""
+        return kth_neighbour_distance(
+            X,
+            Y,
+            k=self.k,
+            device=self.device,
+            precision=self.precision,
+            max_batch_bytes=self.max_batch_bytes,
+        )
+
+    def within(self, X: np.ndarray, rho: Neighbours | None = None) -> Neighbours:
+        """Distances within the (n, d) matrix X: ``rho`` when given (checked to be for n
+        points), else computed."""
+        if rho is None:
+            return self.distances(X)
+        if rho.distance.shape != (len(X),):
+            raise ValueError("rho was computed for a different X; omit it to recompute")
+        return rho
+
+
+DEFAULT_SEARCH = NeighbourSearch()  # k = 1, CPU, float32 candidates, 256 MiB blocks
 
 
 def kth_neighbour_distance(

@@ -11,14 +11,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from gmcert.eps.dv import dv_gaussian_from_cholesky
 from gmcert.eps.gaussian import cholesky
 from gmcert.eps.knn import kl_knn
-from gmcert.eps.neighbours import Neighbours, kth_neighbour_distance
+from gmcert.eps.neighbours import Neighbours, NeighbourSearch
 from gmcert.eps.plugin import entropy_kozachenko_leonenko, plugin_from_parts
 from gmcert.eps.results import TermEstimate
 
@@ -32,10 +31,8 @@ class ClassContext:
     X: np.ndarray
     mean: np.ndarray
     cov: np.ndarray
-    k: int
+    search: NeighbourSearch
     q_ratio: int
-    device: Any
-    precision: str
     seed: tuple[int, ...]
     rho: Neighbours | None = None
     chol: np.ndarray | None = None
@@ -48,9 +45,7 @@ class ClassContext:
 
     def within_distances(self) -> Neighbours:
         if self.rho is None:
-            self.rho = kth_neighbour_distance(
-                self.X, None, k=self.k, device=self.device, precision=self.precision
-            )
+            self.rho = self.search.distances(self.X)
         return self.rho
 
     def rng_for(self, name: str) -> np.random.Generator:
@@ -63,13 +58,11 @@ def _class_knn(ctx: ClassContext) -> TermEstimate:
     rng = ctx.rng_for("knn")
     m = ctx.q_ratio * len(ctx.X)
     Y = ctx.mean + rng.standard_normal((m, len(ctx.mean))) @ ctx.cholesky().T
-    return kl_knn(
-        ctx.X, Y, k=ctx.k, device=ctx.device, precision=ctx.precision, rho=ctx.within_distances()
-    )
+    return kl_knn(ctx.X, Y, search=ctx.search, rho=ctx.within_distances())
 
 
 def _class_plugin(ctx: ClassContext) -> TermEstimate:
-    ent = entropy_kozachenko_leonenko(ctx.X, k=ctx.k, rho=ctx.within_distances())
+    ent = entropy_kozachenko_leonenko(ctx.X, search=ctx.search, rho=ctx.within_distances())
     return plugin_from_parts(ctx.X, ctx.mean, ctx.cholesky(), ent)
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from scipy import special
 
 from gmcert.eps.checks import as_matrix, check_gaussian
 from gmcert.eps.gaussian import cholesky, logpdf_from_cholesky
-from gmcert.eps.neighbours import DEFAULT_MAX_BATCH_BYTES, Neighbours, kth_neighbour_distance
+from gmcert.eps.neighbours import DEFAULT_SEARCH, Neighbours, NeighbourSearch
 from gmcert.eps.results import TermEstimate
 
 __all__ = ["entropy_kozachenko_leonenko", "kl_plugin_gaussian", "plugin_from_parts"]
@@ -27,10 +26,7 @@ def _log_unit_ball_volume(d: int) -> float:
 def entropy_kozachenko_leonenko(
     X,
     *,
-    k: int = 1,
-    device: str | torch.device = "cpu",
-    precision: str = "auto",
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    search: NeighbourSearch = DEFAULT_SEARCH,
     rho: Neighbours | None = None,
 ) -> TermEstimate:
     """Kozachenko-Leonenko kNN estimate of the differential entropy H(P), nats; X (n, d) ~ P.
@@ -39,19 +35,17 @@ def entropy_kozachenko_leonenko(
     Euclidean ball, rho_k(i) the k-th neighbour distance among the other samples.
     Consistent; in high dimension it is badly biased at practical n (the density is far from
     constant over a k-NN ball), and this bias is inherited one-for-one by the plug-in KL.
+    ``search`` sets k and the neighbour search; ``rho`` may pass precomputed distances (same k).
     """
     X = as_matrix(X, "X")
     n, d = X.shape
     if n < 2:
         raise ValueError("entropy_kozachenko_leonenko needs at least 2 samples")
-    if rho is None:
-        rho = kth_neighbour_distance(
-            X, None, k=k, device=device, precision=precision, max_batch_bytes=max_batch_bytes
-        )
-    const = special.digamma(n) - special.digamma(k) + _log_unit_ball_volume(d)
+    rho = search.within(X, rho)
+    const = special.digamma(n) - special.digamma(search.k) + _log_unit_ball_volume(d)
     terms = const + d * np.log(rho.distance)
     return TermEstimate(
-        float(terms.mean()), terms, info={"k": k, "n": n, "zero_skipped": rho.zero_skipped}
+        float(terms.mean()), terms, info={"k": search.k, "n": n, "zero_skipped": rho.zero_skipped}
     )
 
 
@@ -60,10 +54,7 @@ def kl_plugin_gaussian(
     mean,
     cov,
     *,
-    k: int = 1,
-    device: str | torch.device = "cpu",
-    precision: str = "auto",
-    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    search: NeighbourSearch = DEFAULT_SEARCH,
     rho: Neighbours | None = None,
 ) -> TermEstimate:
     """Plug-in KL(P || N(mean, cov)) = -H(P) - E_P[log N(z; mean, cov)]; X (n, d) ~ P.
@@ -75,9 +66,7 @@ def kl_plugin_gaussian(
     """
     X = as_matrix(X, "X")
     mean, cov = check_gaussian(mean, cov, X.shape[1])
-    ent = entropy_kozachenko_leonenko(
-        X, k=k, device=device, precision=precision, max_batch_bytes=max_batch_bytes, rho=rho
-    )
+    ent = entropy_kozachenko_leonenko(X, search=search, rho=rho)
     return plugin_from_parts(X, mean, cholesky(cov), ent)
 
 
