@@ -4,10 +4,9 @@ The small public API; the command line (``gmcert-run``, ``gmcert-report``) wraps
 """
 
 from gmcert.bounds.kl import kl_inverse_lower
-from gmcert.certify.smoothing import ABSTAIN
 from gmcert.certify.linear import LinearCertifier
 from gmcert.certify.quadratic import QuadraticCertifier
-from gmcert.certify.smoothing import SmoothedClassifier
+from gmcert.certify.smoothing import ABSTAIN, SmoothedClassifier
 from gmcert.eps import estimate_eps
 from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.report.table import certified_accuracy

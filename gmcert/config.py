@@ -30,10 +30,11 @@ class _SampledMixtureConfig:
 
     num_classes: int = 2
     dim: int = 2
+    # Distance between class means, in units of the class noise's standard deviation.
     separation: float = 3.0
     n_train: int = 2000
     n_test: int = 1000
-    seed: int = 0
+    seed: int = 0  # draws the means, the covariances and both splits
 
 
 @dataclass

@@ -21,8 +21,8 @@ from torch import nn
 
 from gmcert.encoders import ENCODER_BUILDERS, PRETRAINED, build_encoder, spectral
 from gmcert.encoders.hub_models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip, dinov2
-from gmcert.encoders.torchvision_models import resnet18, resnet50, vit
-from gmcert.encoders.wrapper import IMAGENET_MEAN, IMAGENET_STD, PretrainedEncoder
+from gmcert.encoders.torchvision_models import resnet, vit
+from gmcert.encoders.wrapper import IMAGENET_MEAN, IMAGENET_STD, BuildOptions, PretrainedEncoder
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def resnet50_32():
     torch.manual_seed(0)
-    return resnet50(weights=None, image_size=32)
+    return resnet("resnet50", BuildOptions(weights=None, image_size=32))
 
 
 def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
@@ -67,7 +67,7 @@ def test_resnet50_random_small(resnet50_32, caplog):
         assert enc(x).shape == (2, 2048)
         assert enc(torch.rand(3, 3, 20, 24)).shape == (3, 2048)  # resized inside
     with caplog.at_level(logging.WARNING, logger="gmcert.encoders.weights"):
-        resnet18(weights="random", image_size=32)
+        resnet("resnet18", BuildOptions(weights="random", image_size=32))
     assert "NOT a real experiment" in caplog.text
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         enc(torch.rand(3, 32, 32))
@@ -75,7 +75,7 @@ def test_resnet50_random_small(resnet50_32, caplog):
 
 def test_vit_random_small():
     torch.manual_seed(0)
-    enc = vit(weights=None, image_size=32)
+    enc = vit(BuildOptions(weights=None, image_size=32))
     assert enc.name == "vit_b_16" and enc.latent_dim == 768 and enc.input_size == (32, 32)
     with torch.inference_mode():
         z = enc(torch.rand(2, 3, 64, 64))
@@ -83,7 +83,7 @@ def test_vit_random_small():
     # The class token after the final LayerNorm: per-sample mean ~ LN bias (zero at init).
     assert torch.allclose(z.mean(dim=1), torch.zeros(2), atol=1e-4)
     with pytest.raises(ValueError, match="multiple of the 16"):
-        vit(weights=None, image_size=30)
+        vit(BuildOptions(weights=None, image_size=30))
 
 
 def test_normalisation_and_resize_are_inside(resnet50_32):
@@ -100,7 +100,7 @@ def test_normalisation_and_resize_are_inside(resnet50_32):
 
 def test_frozen_eval_and_speed_friendly():
     torch.manual_seed(0)
-    enc = resnet18(weights=None, image_size=32)
+    enc = resnet("resnet18", BuildOptions(weights=None, image_size=32))
     enc.train()
     assert not enc.training and not any(m.training for m in enc.modules())
     assert not any(p.requires_grad for p in enc.parameters())
@@ -131,7 +131,7 @@ def test_state_dict_round_trip(tmp_path):
     _randomise_bn(reference)
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    enc = resnet18(weights=str(path), image_size=32)
+    enc = resnet("resnet18", BuildOptions(weights=str(path), image_size=32))
     assert enc.weights_source == str(path)
     x = torch.rand(2, 3, 32, 32)
     reference.fc = nn.Identity()
@@ -146,7 +146,7 @@ def test_state_dict_round_trip(tmp_path):
         ddp = {f"module.{k}": v for k, v in enc.state_dict().items()}
         wrapped = {"epoch": 3, "state_dict": ddp}
         torch.save(wrapped, tmp_path / "ckpt.pth")
-        again = resnet18(weights=tmp_path / "ckpt.pth", image_size=32)
+        again = resnet("resnet18", BuildOptions(weights=tmp_path / "ckpt.pth", image_size=32))
         torch.testing.assert_close(again(x), expected)
 
 
@@ -158,33 +158,33 @@ def test_weight_file_errors(tmp_path):
     from torchvision.models import resnet18 as tv_resnet18
 
     with pytest.raises(FileNotFoundError, match="encoder.weights="):
-        resnet50(weights=str(tmp_path / "missing.pth"), image_size=32)
+        resnet("resnet50", BuildOptions(weights=str(tmp_path / "missing.pth"), image_size=32))
     torch.save(tv_resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     with pytest.raises(ValueError, match="do not fit") as err:
-        resnet50(weights=str(tmp_path / "r18.pth"), image_size=32)
+        resnet("resnet50", BuildOptions(weights=str(tmp_path / "r18.pth"), image_size=32))
     assert "missing: " in str(err.value) and "shape mismatch: " in str(err.value)
 
     torch.save({"obj": OpaqueObject()}, tmp_path / "pickled.pth")
     with pytest.raises(ValueError, match="weights_only=True"):
-        resnet18(weights=str(tmp_path / "pickled.pth"), image_size=32)
+        resnet("resnet18", BuildOptions(weights=str(tmp_path / "pickled.pth"), image_size=32))
     torch.save({"epoch": 1, "lr": 0.1}, tmp_path / "meta.pth")
     with pytest.raises(ValueError, match="no tensor state dict"):
-        resnet18(weights=str(tmp_path / "meta.pth"), image_size=32)
+        resnet("resnet18", BuildOptions(weights=str(tmp_path / "meta.pth"), image_size=32))
 
 
 def test_missing_default_weights_name_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     expected = tmp_path / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
     with pytest.raises(FileNotFoundError, match="gmcert never downloads") as err:
-        resnet50(image_size=32)
+        resnet("resnet50", BuildOptions(image_size=32))
     message = str(err.value)
     assert str(expected) in message
     assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in message
     assert "encoder.weights=/path/to/file.pth" in message
     with pytest.raises(FileNotFoundError, match="resnet50-0676ba61.pth"):
-        resnet50(weights="IMAGENET1K_V1", image_size=32)
+        resnet("resnet50", BuildOptions(weights="IMAGENET1K_V1", image_size=32))
     with pytest.raises(FileNotFoundError, match="vit_b_16-c867db91.pth"):
-        vit()
+        vit(BuildOptions())
     assert not expected.exists()  # nothing was downloaded
 
 
@@ -197,7 +197,7 @@ def test_default_weights_load_from_the_hub_cache(tmp_path, monkeypatch):
     torch.manual_seed(2)
     reference = tv_resnet18(weights=None)
     torch.save(reference.state_dict(), cached)
-    enc = resnet18(image_size=32)
+    enc = resnet("resnet18", BuildOptions(image_size=32))
     assert str(cached) in enc.weights_source
     torch.testing.assert_close(enc.backbone.conv1.weight, reference.conv1.weight)
 
@@ -208,20 +208,20 @@ def test_vit_weights_tied_to_image_size(tmp_path, monkeypatch):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"placeholder")  # the size check comes before reading the file
     with pytest.raises(ValueError, match="image_size=224"):
-        vit(image_size=32)
+        vit(BuildOptions(image_size=32))
 
 
 @pytest.mark.slow
 def test_vit_state_dict_round_trip(tmp_path):
     torch.manual_seed(3)
-    enc = vit(weights=None, image_size=32)
+    enc = vit(BuildOptions(weights=None, image_size=32))
     torch.save(enc.state_dict(), tmp_path / "vit.pth")
-    again = vit(weights=tmp_path / "vit.pth", image_size=32)
+    again = vit(BuildOptions(weights=tmp_path / "vit.pth", image_size=32))
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(again(x), enc(x))
     with pytest.raises(ValueError, match="shape mismatch"):
-        vit(weights=tmp_path / "vit.pth", image_size=48)
+        vit(BuildOptions(weights=tmp_path / "vit.pth", image_size=48))
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,18 +274,24 @@ def test_optional_encoder_wiring_with_stand_in_packages(monkeypatch, tmp_path):
         return full
 
     monkeypatch.setitem(sys.modules, "open_clip", types.SimpleNamespace(create_model=create_model))
-    enc = clip(weights=None)
+    enc = clip(BuildOptions(weights=None))
     assert enc.latent_dim == 16 and enc.input_size == (32, 32)
     assert enc(torch.rand(2, 3, 40, 40)).shape == (2, 16)
     assert created[-1][1] is None
     with pytest.raises(ValueError, match="allow_download"):
-        clip()
+        clip(BuildOptions())
     with pytest.raises(ValueError, match="attention"):
-        clip(weights=None, lipschitz="spectral")
+        clip(BuildOptions(weights=None, lipschitz="spectral"))
     weight_file = tmp_path / "open_clip_pytorch_model.bin"
     weight_file.write_bytes(b"x")
-    clip(weights=weight_file)
+    clip(BuildOptions(weights=weight_file))
     assert created[-1][1] == str(weight_file)
+    clip(BuildOptions(), allow_download=True)
+    assert created[-1][1] == "openai"  # the pretrained tag, through open_clip's hub loader
+    # build_encoder hands the builder's own keywords past the shared BuildOptions.
+    enc = build_encoder("clip", weights=None, image_size=48, model="RN50", allow_download=True)
+    assert enc.name == "clip:RN50" and created[-1][:2] == ("RN50", None)
+    assert created[-1][2] == {"force_image_size": 48}
 
     def timm_create(name, pretrained=False, **kwargs):
         created.append((name, pretrained, kwargs))
@@ -299,14 +305,16 @@ def test_optional_encoder_wiring_with_stand_in_packages(monkeypatch, tmp_path):
         return model
 
     monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=timm_create))
-    enc = dinov2(weights=None)
+    enc = dinov2(BuildOptions(weights=None))
     assert enc.latent_dim == 24 and enc.input_size == (224, 224)
     assert created[-1][2]["img_size"] == 224 and created[-1][2]["num_classes"] == 0
     with pytest.raises(ValueError, match="multiple of 14"):
-        dinov2(weights=None, image_size=100)
-    dinov2(weights=weight_file)
+        dinov2(BuildOptions(weights=None, image_size=100))
+    dinov2(BuildOptions(weights=weight_file))
     assert created[-1][1] is True
     assert created[-1][2]["pretrained_cfg_overlay"] == {"file": str(weight_file)}
+    enc = build_encoder("dinov2", weights=None, model="vit_base_patch14_dinov2", image_size=28)
+    assert enc.name == "dinov2:vit_base_patch14_dinov2" and enc.input_size == (28, 28)
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,7 +506,7 @@ def test_spectral_bound_is_an_upper_bound(make, latent_dim):
 
 
 def test_spectral_bound_refusals():
-    enc = vit(weights=None, image_size=32)
+    enc = vit(BuildOptions(weights=None, image_size=32))
     with pytest.raises(ValueError, match="attention"):
         enc.set_lipschitz("spectral")
     with pytest.raises(ValueError, match="no honest Lipschitz bound"):
@@ -506,8 +514,10 @@ def test_spectral_bound_refusals():
     with pytest.raises(ValueError, match="training mode"):
         spectral.spectral_lipschitz(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), (3, 8, 8))
     with pytest.raises(ValueError, match="positive"):
-        resnet18(weights=None, image_size=32, lipschitz=-1.0)
-    enc = vit(weights=None, image_size=32, lipschitz="3.5")  # as typed on a command line
+        resnet("resnet18", BuildOptions(weights=None, image_size=32, lipschitz=-1.0))
+    enc = vit(
+        BuildOptions(weights=None, image_size=32, lipschitz="3.5")
+    )  # as typed on a command line
     assert enc.lipschitz == 3.5 and enc.lipschitz_source == "declared"
     with pytest.raises(ValueError, match="'spectral'"):
         enc.set_lipschitz("spectal")
@@ -538,3 +548,25 @@ def test_pipeline_registry_passes_config_options():
     assert isinstance(enc, PretrainedEncoder) and enc.latent_dim == 2048
     enc = build_encoder("vit", weights="random", lipschitz=2.0, image_size=32, allow_download=True)
     assert enc.lipschitz == 2.0 and enc.lipschitz_source == "declared"
+    # gmcert.features adds source_size and device for lipschitz="spectral".
+    enc = build_encoder(
+        "resnet18",
+        weights="random",
+        lipschitz="spectral",
+        image_size=32,
+        allow_download=False,
+        source_size=(24, 24),
+        device=torch.device("cpu"),
+    )
+    assert enc.lipschitz_source == "spectral" and enc.lipschitz_input_size == (24, 24)
+    with pytest.raises(TypeError, match="n_components"):
+        build_encoder("resnet18", weights="random", image_size=32, n_components=3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("image_size", 0), ("image_size", (32,)), ("source_size", (24, 0))]
+)
+def test_build_options_check_sizes_up_front(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a positive int"):
+        BuildOptions(**{field: value})
+    assert BuildOptions(source_size=24).source_size == 24  # one side stands for a square

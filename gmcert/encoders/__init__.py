@@ -6,7 +6,8 @@ certificates stay in latent units). ``fit(train_inputs)`` is a no-op except for 
 learned from the train split (PCA).
 
 Modules: :mod:`~gmcert.encoders.linear` (identity, PCA), :mod:`~gmcert.encoders.wrapper` (the
-frozen :class:`PretrainedEncoder` every pretrained builder returns),
+frozen :class:`PretrainedEncoder` every pretrained builder returns and the :class:`BuildOptions`
+they all take),
 :mod:`~gmcert.encoders.torchvision_models` (ResNet-18/50, ViT-B/16),
 :mod:`~gmcert.encoders.hub_models` (CLIP via open_clip, DINOv2 via timm),
 :mod:`~gmcert.encoders.weights` (weight files) and :mod:`~gmcert.encoders.spectral` (spectral
@@ -16,51 +17,59 @@ Lipschitz bounds).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
+from functools import partial
 
 from torch import nn
 
 from gmcert.encoders import hub_models, torchvision_models
 from gmcert.encoders.linear import IdentityEncoder, PCAEncoder
-from gmcert.encoders.wrapper import PretrainedEncoder
+from gmcert.encoders.wrapper import BuildOptions, PretrainedEncoder
 
-
-def _never_downloads(builder: Callable[..., PretrainedEncoder]) -> Callable[..., PretrainedEncoder]:
-    """A torchvision builder taking the pretrained config's options.
-
-    torchvision weights are only read from torch hub's local cache, never downloaded, so the
-    config's ``allow_download`` (which concerns the hub libraries only) is dropped.
-    """
-
-    def build(*, allow_download: bool = False, **options) -> PretrainedEncoder:
-        return builder(**options)
-
-    build.__doc__ = builder.__doc__
-    return build
-
-
-ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "identity": IdentityEncoder,
-    "pca": PCAEncoder,
-    "resnet18": _never_downloads(torchvision_models.resnet18),
-    "resnet50": _never_downloads(torchvision_models.resnet50),
-    "vit": _never_downloads(torchvision_models.vit),
+# Pretrained builders take (BuildOptions, **own keywords).  torchvision weights are only read
+# from torch hub's local cache, never downloaded, so allow_download (which concerns the hub
+# libraries only) does not reach the torchvision builders.
+_TORCHVISION: dict[str, Callable[..., PretrainedEncoder]] = {
+    "resnet18": partial(torchvision_models.resnet, "resnet18"),
+    "resnet50": partial(torchvision_models.resnet, "resnet50"),
+    "vit": torchvision_models.vit,
+}
+_HUB: dict[str, Callable[..., PretrainedEncoder]] = {
     "clip": hub_models.clip,
     "dinov2": hub_models.dinov2,
 }
+ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "identity": IdentityEncoder,
+    "pca": PCAEncoder,
+    **_TORCHVISION,
+    **_HUB,
+}
 # Frozen pretrained encoders: their latents depend on the weights, not on the training data.
-PRETRAINED = ("resnet18", "resnet50", "vit", "clip", "dinov2")
+PRETRAINED = (*_TORCHVISION, *_HUB)
+_SHARED_OPTIONS = tuple(f.name for f in fields(BuildOptions))
 
 
 def build_encoder(name: str, **options) -> nn.Module:
-    """The encoder registered as ``name``, built from its config options."""
+    """The encoder registered as ``name``, built from its config options.
+
+    A pretrained encoder's options split into the :class:`BuildOptions` every pretrained
+    builder shares (weights, lipschitz, image_size, source_size, device) and the builder's own
+    keywords (clip's model/pretrained, dinov2's model, the hub libraries' allow_download).
+    """
     if name not in ENCODER_BUILDERS:
         raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODER_BUILDERS)}")
-    return ENCODER_BUILDERS[name](**options)
+    if name not in PRETRAINED:
+        return ENCODER_BUILDERS[name](**options)
+    if name in _TORCHVISION:
+        options.pop("allow_download", None)
+    shared = {key: options.pop(key) for key in _SHARED_OPTIONS if key in options}
+    return ENCODER_BUILDERS[name](BuildOptions(**shared), **options)
 
 
 __all__ = [
     "ENCODER_BUILDERS",
     "PRETRAINED",
+    "BuildOptions",
     "IdentityEncoder",
     "PCAEncoder",
     "PretrainedEncoder",

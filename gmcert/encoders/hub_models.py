@@ -2,8 +2,10 @@
 
 Both libraries are optional dependencies, imported only when a builder runs; a missing one
 raises ImportError with the pip command.  Their "default" weights come through the library's
-Hugging Face hub loader, which may download, so it needs ``allow_download=True``; a local
-weight file never does.
+Hugging Face hub loader, which may download, so it needs ``allow_download=True`` (permit the
+library's hub loader; it uses the cache when it can); a local weight file never does.  Both
+builders wrap attention networks, so lipschitz (:class:`~gmcert.encoders.wrapper.BuildOptions`)
+is None or declared: "spectral" is refused.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import torch
 
 from gmcert.encoders.weights import is_random, warn_random
 from gmcert.encoders.wrapper import (
-    ATTENTION_REFUSAL,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    BuildOptions,
     PretrainedEncoder,
     as_hw,
-    finish,
 )
 
 # open_clip's defaults for OpenAI-trained CLIP towers (used when the model does not say).
@@ -67,37 +68,33 @@ def _library_weights(
 
 
 def clip(
+    options: BuildOptions,
     *,
     model: str = "ViT-B-32",
     pretrained: str = "openai",
-    weights: str | Path | None = "default",
     allow_download: bool = False,
-    lipschitz: float | None = None,
-    image_size: int | None = None,
-    source_size: int | tuple[int, int] | None = None,
-    device: torch.device | str = "cpu",
 ) -> PretrainedEncoder:
     """open_clip image tower; latents = the (unnormalised) image embedding, e.g. 512-d.
 
     Needs ``pip install open-clip-torch``.  Only the visual tower is kept.
 
     Args:
+        options: :class:`~gmcert.encoders.wrapper.BuildOptions`; weights: a local open_clip
+            checkpoint file (loaded by open_clip, which also handles the OpenAI TorchScript
+            format and resizes position embeddings), "default" (the tag ``pretrained`` through
+            open_clip's hub loader), or None/"random"; image_size: an optional input size
+            override (open_clip's force_image_size).
         model, pretrained: open_clip architecture name and pretrained tag.
-        weights: a local open_clip checkpoint file (loaded by open_clip, which also handles the
-            OpenAI TorchScript format and resizes position embeddings), "default" (the tag
-            ``pretrained`` through open_clip's hub loader; needs ``allow_download=True``), or
-            None/"random".
-        allow_download: permit the library's hub loader (it uses the cache when it can).
-        lipschitz: None or declared; "spectral" is refused for transformer towers.
-        image_size: optional input size override (open_clip's force_image_size).
-        source_size, device: as in :func:`resnet50`.
+        allow_download: permit the hub loader (see the module docstring).
     """
     open_clip = _require("open_clip", "open-clip-torch", "clip")
     name = f"clip:{model}"
-    kind, path = _library_weights(name, weights, allow_download, "open_clip_pytorch_model.bin")
+    kind, path = _library_weights(
+        name, options.weights, allow_download, "open_clip_pytorch_model.bin"
+    )
     kwargs: dict[str, Any] = {}
-    if image_size is not None:
-        kwargs["force_image_size"] = image_size
+    if options.image_size is not None:
+        kwargs["force_image_size"] = options.image_size
     tag = {"random": None, "file": path, "hub": pretrained}[kind]
     try:
         full = open_clip.create_model(model, pretrained=tag, **kwargs)
@@ -109,59 +106,49 @@ def clip(
     visual = full.visual
     size = visual.image_size if hasattr(visual, "image_size") else 224
     size = as_hw(size if isinstance(size, int) else tuple(size), "image_size")
-    mean = tuple(getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN)
-    std = tuple(getattr(visual, "image_std", None) or OPENAI_CLIP_STD)
     latent_dim = int(getattr(visual, "output_dim", 0) or getattr(full, "embed_dim", 0))
     if not latent_dim:
         with torch.no_grad():
             latent_dim = int(visual(torch.zeros(1, 3, *size)).shape[-1])
-    encoder = PretrainedEncoder(
+    return options.wrap(
         visual,
         name=name,
         latent_dim=latent_dim,
         input_size=size,
-        mean=mean,
-        std=std,
+        mean=tuple(getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN),
+        std=tuple(getattr(visual, "image_std", None) or OPENAI_CLIP_STD),
         weights_source={"random": "random", "file": str(path), "hub": f"open_clip:{pretrained}"}[
             kind
         ],
         # Both tower kinds attend: ViT towers throughout, ModifiedResNet towers in their
         # attention pooling head.
-        spectral_refusal=ATTENTION_REFUSAL.format(name=name),
+        attention=True,
     )
-    return finish(encoder, lipschitz=lipschitz, source_size=source_size, device=device)
 
 
 def dinov2(
+    options: BuildOptions,
     *,
     model: str = "vit_small_patch14_dinov2",
-    weights: str | Path | None = "default",
     allow_download: bool = False,
-    lipschitz: float | None = None,
-    image_size: int | None = None,
-    source_size: int | tuple[int, int] | None = None,
-    device: torch.device | str = "cpu",
 ) -> PretrainedEncoder:
     """DINOv2 ViT from timm; latents = the pooled (class-token) features, e.g. 384-d for ViT-S.
 
     Needs ``pip install timm``.
 
     Args:
+        options: :class:`~gmcert.encoders.wrapper.BuildOptions`; weights: a local timm weight
+            file (.safetensors/.bin/.pth, loaded by timm through ``pretrained_cfg_overlay``),
+            "default" (timm's hub weights), or None/"random"; image_size: a multiple of the
+            14 px patch.  None means 224 (the usual evaluation size; timm resamples the
+            position embeddings of the 518 px checkpoints); pass 518 for the native size.
         model: timm model name (``vit_small_patch14_dinov2``, ``vit_base_patch14_dinov2`` ...).
-        weights: a local timm weight file (.safetensors/.bin/.pth, loaded by timm through
-            ``pretrained_cfg_overlay``), "default" (timm's hub weights; needs
-            ``allow_download=True``), or None/"random".
-        image_size: input side, a multiple of the 14 px patch.  None means 224 (the usual
-            evaluation size; timm resamples the position embeddings of the 518 px checkpoints);
-            pass 518 for the native size.
-        lipschitz: None or declared; "spectral" is refused (attention).
-        source_size, device: as in :func:`resnet50`.
+        allow_download: permit the hub loader (see the module docstring).
     """
     timm = _require("timm", "timm", "dinov2")
     name = f"dinov2:{model}"
-    kind, path = _library_weights(name, weights, allow_download, "model.safetensors")
-    image_size = 224 if image_size is None else image_size
-    as_hw(image_size, "image_size")
+    kind, path = _library_weights(name, options.weights, allow_download, "model.safetensors")
+    image_size = 224 if options.image_size is None else options.image_size
     if image_size % 14:
         raise ValueError(f"{name}: image_size must be a multiple of 14, got {image_size}")
     kwargs: dict[str, Any] = {"num_classes": 0, "img_size": image_size}
@@ -175,18 +162,16 @@ def dinov2(
             "(timm.list_models('*dinov2*')) and the weight file"
         ) from None
     cfg = dict(getattr(backbone, "pretrained_cfg", {}) or {})
-    size = (image_size, image_size)
-    encoder = PretrainedEncoder(
+    return options.wrap(
         backbone,
         name=name,
         latent_dim=int(backbone.num_features),
-        input_size=size,
+        input_size=(image_size, image_size),
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
         weights_source={"random": "random", "file": str(path), "hub": f"timm:{model}"}[kind],
-        spectral_refusal=ATTENTION_REFUSAL.format(name=name),
+        attention=True,
     )
-    return finish(encoder, lipschitz=lipschitz, source_size=source_size, device=device)
 
 
 __all__ = ["OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "clip", "dinov2"]

@@ -19,6 +19,9 @@ Attributes shared by every encoder:
 
 Self-attention is not globally Lipschitz (Kim, Papamakarios & Mnih 2021), so encoders with
 attention layers refuse "spectral" with :data:`ATTENTION_REFUSAL`.
+
+Every pretrained builder takes the options they share as one :class:`BuildOptions` and ends
+with :meth:`BuildOptions.wrap` (wrap the backbone, move it to the device, attach the bound).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -62,9 +67,11 @@ class PretrainedEncoder(nn.Module):
         name: registry name, used in messages and cache keys.
         latent_dim: d, the latent dimension.
         input_size: (H, W) the backbone expects.
-        mean, std: per-channel normalisation constants (3 values each, in [0, 1] pixel units).
+        mean, std: per-channel normalisation constants (3 values each, in [0, 1] pixel units;
+            default ImageNet's).
         weights_source: human-readable provenance of the weights (file path or "random").
-        spectral_refusal: when set, the message raised if a spectral bound is requested.
+        attention: the backbone has self-attention layers, so a spectral bound is refused with
+            :data:`ATTENTION_REFUSAL` (kept as ``spectral_refusal``).
     """
 
     def __init__(
@@ -74,10 +81,10 @@ class PretrainedEncoder(nn.Module):
         name: str,
         latent_dim: int,
         input_size: tuple[int, int],
-        mean: Sequence[float],
-        std: Sequence[float],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         weights_source: str = "unknown",
-        spectral_refusal: str | None = None,
+        attention: bool = False,
     ) -> None:
         super().__init__()
         if len(mean) != 3 or len(std) != 3 or min(float(s) for s in std) <= 0:
@@ -89,7 +96,7 @@ class PretrainedEncoder(nn.Module):
         self.latent_dim = int(latent_dim)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.weights_source = weights_source
-        self.spectral_refusal = spectral_refusal
+        self.spectral_refusal = ATTENTION_REFUSAL.format(name=name) if attention else None
         self.lipschitz: float | None = None
         self.lipschitz_source: str | None = None
         self.lipschitz_input_size: tuple[int, int] | None = None
@@ -149,7 +156,7 @@ class PretrainedEncoder(nn.Module):
         self,
         lipschitz: float | str | None,
         *,
-        source_size: tuple[int, int] | None = None,
+        source_size: int | tuple[int, int] | None = None,
         device: torch.device | str | None = None,
     ) -> PretrainedEncoder:
         """Attach a Lipschitz bound of the whole map ([0, 1] pixels, l2 -> latents, l2).
@@ -242,25 +249,49 @@ def as_hw(size: int | Sequence[int] | None, what: str) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def finish(
-    encoder: PretrainedEncoder,
-    *,
-    lipschitz: float | str | None,
-    source_size: int | tuple[int, int] | None,
-    device: torch.device | str,
-) -> PretrainedEncoder:
-    """Move a freshly built encoder to ``device`` and attach its Lipschitz bound."""
-    encoder.to(device)
-    size = as_hw(source_size, "source_size") if source_size is not None else None
-    encoder.set_lipschitz(lipschitz, source_size=size, device=device)
-    return encoder
+@dataclass(frozen=True)
+class BuildOptions:
+    """The options every pretrained builder takes; builder-specific ones are its own keywords.
+
+    Attributes:
+        weights: where the weights come from: "default" (the library's default weights, from
+            its local cache), a path to a weight file, or None/"random" (random init, tests
+            only); each builder says what else it accepts and where "default" is read from.
+        lipschitz: None (unknown: latent-unit certificates only), a declared positive float
+            (a number typed as a string is accepted), or "spectral" (an honest upper bound,
+            see :mod:`gmcert.encoders.spectral`; refused for encoders with attention).
+        image_size: side of the square input the backbone sees; None = the builder's default.
+            Small values (32, 64) let tests run random-init networks cheaply.
+        source_size: (H, W) (or one int side) of the images that will be fed, for the spectral
+            bound's resize factor (default: image_size, i.e. no resize).
+        device: where the module lives and where a spectral bound is computed.
+    """
+
+    weights: str | Path | None = "default"
+    lipschitz: float | str | None = None
+    image_size: int | None = None
+    source_size: int | tuple[int, int] | None = None
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        for what in ("image_size", "source_size"):
+            if getattr(self, what) is not None:
+                as_hw(getattr(self, what), what)
+
+    def wrap(self, backbone: nn.Module, **encoder_args) -> PretrainedEncoder:
+        """The frozen :class:`PretrainedEncoder` around ``backbone`` (``encoder_args`` are its
+        keywords), moved to ``device``, with the ``lipschitz`` bound attached."""
+        encoder = PretrainedEncoder(backbone, **encoder_args).to(self.device)
+        return encoder.set_lipschitz(
+            self.lipschitz, source_size=self.source_size, device=self.device
+        )
 
 
 __all__ = [
     "ATTENTION_REFUSAL",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "BuildOptions",
     "PretrainedEncoder",
     "as_hw",
-    "finish",
 ]
