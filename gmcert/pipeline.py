@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gmcert.bounds.degradation import degrade
 from gmcert.certify.methods import CertifyInputs, build_methods
 from gmcert.certify.stage import certify_pending, certify_positions
+from gmcert.certify.transfer import radius_transfer
 from gmcert.config import check_certify_options
 from gmcert.data import build_dataset
 from gmcert.device import resolve_device
@@ -49,6 +50,7 @@ def run(cfg: DictConfig) -> dict:
         mixture = fit_mixture(latents.train, data.train.labels, cfg.mixture, seed=cfg.seed)
 
     positions = certify_positions(len(data.test), cfg.certify)
+    transfer = radius_transfer(latents.encoder, cfg.certify.norm, data.test.input_dim)
     inputs = CertifyInputs(
         mixture=mixture,
         encoder=latents.encoder,
@@ -58,6 +60,7 @@ def run(cfg: DictConfig) -> dict:
         device=device,
         options=cfg.certify,
         seed=cfg.seed,
+        transfer=transfer,
     )
     methods = build_methods(cfg.certify.methods, inputs)
     predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg))
@@ -74,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
         population = add_population_columns(
             table,
             mixture,
-            lipschitz=latents.encoder.lipschitz,
+            transfer=transfer,
             options=cfg.certify,
             device=device,
             seed=cfg.seed,

@@ -46,6 +46,8 @@ class LinearCertifier:
     the exact-arithmetic prediction at ``z + delta`` equals the one at ``z``.
     """
 
+    exact = True  # the radius is the distance to the boundary, not a lower bound of it
+
     def __init__(self, M, c, *, norm: str = "l2", device="cpu", dtype=torch.float64):
         self.norm = check_norm(norm)
         self.device = resolve_device(device)

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from gmcert.certify.latent import certify_latents, latent_certifier, torch_dtype
+from gmcert.certify.linear import LinearCertifier
 from gmcert.certify.smoothing import ABSTAIN, SmoothedClassifier, radius_cap
+from gmcert.certify.transfer import RadiusTransfer
 from gmcert.data import LabelledData
 from gmcert.models.heads import LinearProbeHead, MixtureHead, fit_linear_probe
 from gmcert.models.mixture import GaussianMixtureClassifier
@@ -65,35 +67,71 @@ class CertifyInputs:
     device: torch.device
     options: Any  # the run's ``certify`` config node
     seed: int
+    transfer: RadiusTransfer  # how latent radii become input radii in ``options.norm``
 
 
 class ClosedForm:
-    """The exact latent certificate of the mixture's rule (docs/theory.md section 3); input radii
-    are latent radii over the encoder's Lipschitz bound, where it has one."""
+    """The exact certificate of the mixture's rule (docs/theory.md section 3), carried to input
+    space wherever an honest link exists:
+
+    * an encoder linear in its input (identity, PCA) with a linear head: the composition is
+      one linear rule in the input, certified there directly: exact in every norm;
+    * otherwise the latent radius over the encoder's Lipschitz bound for the right pair of
+      norms (:mod:`gmcert.certify.transfer`): sound, not exact (the identity: exact);
+    * no bound: radii stay in latent units.
+
+    ``radius_latent`` is always the latent certificate in ``certify.norm``.
+    """
 
     name = "closed_form"
     smoothing = None
 
     def __init__(self, inputs: CertifyInputs):
-        opts = inputs.options
+        opts, mixture = inputs.options, inputs.mixture
         self.norm = opts.norm
         self.chunk_size = opts.batch_size
-        self._latents = inputs.test_latents
-        self._classes = inputs.mixture.classes_
-        self._lipschitz = inputs.encoder.lipschitz
-        self.space = "input" if self._lipschitz else "latent"
-        self._certifier = latent_certifier(
-            inputs.mixture, norm=opts.norm, device=inputs.device, dtype=torch_dtype(opts.dtype)
+        self._test, self._latents, self._classes = (
+            inputs.data.test,
+            inputs.test_latents,
+            mixture.classes_,
         )
-        # Quadratic boundaries in linf / l1 give a sound lower bound, not the exact radius.
-        self.exact = bool(getattr(self._certifier, "exact", True))
+        self._transfer = inputs.transfer
+
+        def certifier(norm):
+            return latent_certifier(
+                mixture, norm=norm, device=inputs.device, dtype=torch_dtype(opts.dtype)
+            )
+
+        self._latent = certifier(opts.norm)
+        linear = inputs.encoder.linear_map()
+        self._folded = self._through = None
+        if linear is not None and mixture.is_linear_:
+            A, b = linear.fold(*mixture.linear_head())
+            self._folded = LinearCertifier(
+                A, b, norm=opts.norm, device=inputs.device, dtype=torch_dtype(opts.dtype)
+            )
+            self.space, self.exact = "input", True
+        elif self._transfer.factor is not None:
+            same = self._transfer.latent_norm == opts.norm
+            self._through = self._latent if same else certifier(self._transfer.latent_norm)
+            self.space = "input"
+            self.exact = self._latent.exact and linear is not None and linear.weight is None
+        else:
+            self.space, self.exact = "latent", self._latent.exact
 
     def certify(self, positions: np.ndarray) -> Certified:
-        codes, radius = certify_latents(
-            self._certifier, self._latents[positions], batch_size=self.chunk_size
-        )
-        lip = self._lipschitz
-        radius_input = radius / lip if lip else np.full_like(radius, np.nan)
+        latents = self._latents[positions]
+        codes, radius = certify_latents(self._latent, latents, batch_size=self.chunk_size)
+        if self._folded is not None:
+            x = self._test.batch(positions).flatten(1).double().numpy()
+            codes, radius_input = certify_latents(self._folded, x, batch_size=self.chunk_size)
+        elif self._through is not None:
+            through = radius
+            if self._through is not self._latent:
+                _, through = certify_latents(self._through, latents, batch_size=self.chunk_size)
+            radius_input = self._transfer.input_radius(through)
+        else:
+            radius_input = np.full_like(radius, np.nan)
         return Certified(self._classes[codes], radius, radius_input)
 
 
@@ -125,7 +163,7 @@ class Smoothing:
         self._smoothed = SmoothedClassifier(
             base, len(self._classes), opts.sigma, device=inputs.device, batch_size=opts.noise_batch
         )
-        self._inputs = inputs.data.test.inputs
+        self._test = inputs.data.test
         self.smoothing = SmoothingSettings(
             sigma=opts.sigma,
             n0=opts.n0,
@@ -136,17 +174,12 @@ class Smoothing:
         # Several points share forward passes when n is small next to the noise batch.
         self.chunk_size = max(1, opts.noise_batch // opts.n)
 
-    def _batch(self, positions) -> torch.Tensor:
-        if isinstance(self._inputs, np.ndarray):
-            return torch.from_numpy(np.asarray(self._inputs[positions], dtype=np.float32))
-        return torch.stack([self._inputs[int(p)][0] for p in positions])
-
     def certify(self, positions: np.ndarray) -> Certified:
         settings = self.smoothing
         generator = torch.Generator(self._device)
         generator.manual_seed(self._seed * 1_000_003 + int(positions[0]))
         certs = self._smoothed.certify_batch(
-            self._batch(positions),
+            self._test.batch(positions),
             n0=settings.n0,
             n=settings.n,
             alpha=settings.alpha,

@@ -19,3 +19,11 @@ def check_norm(norm: str, option: str = "certify.norm") -> str:
     if norm not in NORMS:
         raise ValueError(f"{option} must be one of {NORMS}, got {norm!r}")
     return norm
+
+
+def l2_per_unit(norm: str, dim: int) -> float:
+    """The largest ||x||_2 over ||x||_norm = 1 in dimension ``dim``: sqrt(dim) for linf, 1 for
+    l2 and l1. An l2 -> l2 Lipschitz bound L is therefore a ``norm`` -> l2 bound of
+    L * l2_per_unit(norm, dim)."""
+    check_norm(norm)
+    return math.sqrt(dim) if norm == "linf" else 1.0

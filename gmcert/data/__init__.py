@@ -25,6 +25,17 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def batch(self, positions) -> torch.Tensor:
+        """The inputs at ``positions`` as one float tensor (B, *input_shape)."""
+        if isinstance(self.inputs, np.ndarray):
+            return torch.from_numpy(np.asarray(self.inputs[positions], dtype=np.float32))
+        return torch.stack([self.inputs[int(p)][0] for p in positions])
+
+    @property
+    def input_dim(self) -> int:
+        """Coordinates of one input (C * H * W for images)."""
+        return int(np.prod(self.batch([0]).shape[1:]))
+
 
 @dataclass
 class GroundTruth:

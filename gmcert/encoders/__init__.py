@@ -2,8 +2,9 @@
 
 Every encoder maps a batch of inputs (pixels in [0, 1]) to latents (B, d) and carries
 ``lipschitz``: an l2 -> l2 Lipschitz bound of the whole map, or None when none is known (then
-certificates stay in latent units). ``fit(train_inputs)`` is a no-op except for encoders
-learned from the train split (PCA).
+certificates stay in latent units); ``linear_map()``: the exact map for encoders linear in
+their input (a :class:`~gmcert.encoders.linear.LinearMap`), else None; ``fit(train_inputs)``:
+a no-op except for encoders learned from the train split (PCA).
 
 Modules: :mod:`~gmcert.encoders.linear` (identity, PCA), :mod:`~gmcert.encoders.wrapper` (the
 frozen :class:`PretrainedEncoder` every pretrained builder returns and the :class:`BuildOptions`

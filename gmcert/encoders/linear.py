@@ -1,10 +1,33 @@
-"""Linear encoders: the identity (flattened pixels) and PCA fitted on the train split."""
+"""Linear encoders: the identity (flattened pixels) and PCA fitted on the train split.
+
+Both state their map exactly (:class:`LinearMap`), so a linear head can be folded into them and
+certified in input space directly, exactly and in every norm; both compute in float64, so
+the latents carry no rounding a certificate would have to cover.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class LinearMap:
+    """z = weight @ (x - offset) for flattened inputs x; ``weight`` None is the identity."""
+
+    weight: np.ndarray | None
+    offset: np.ndarray | None
+
+    def fold(self, M: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(A, b) with A x + b = M z + c for z = this map of x, in float64."""
+        M, c = np.asarray(M, np.float64), np.asarray(c, np.float64)
+        if self.weight is None:
+            return M, c
+        A = M @ self.weight
+        return A, c - A @ self.offset
 
 
 class IdentityEncoder(nn.Module):
@@ -15,6 +38,9 @@ class IdentityEncoder(nn.Module):
 
     def fit(self, train_inputs: np.ndarray) -> IdentityEncoder:
         return self
+
+    def linear_map(self) -> LinearMap:
+        return LinearMap(None, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
@@ -52,10 +78,13 @@ class PCAEncoder(nn.Module):
         weight = pca.components_
         if self.whiten:
             weight = weight / np.sqrt(pca.explained_variance_)[:, None]
-        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
-        self.register_buffer("mean", torch.as_tensor(pca.mean_, dtype=torch.float32))
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float64))
+        self.register_buffer("mean", torch.as_tensor(pca.mean_, dtype=torch.float64))
         self.lipschitz = float(np.linalg.norm(weight, ord=2))
         return self
 
+    def linear_map(self) -> LinearMap:
+        return LinearMap(self.weight.cpu().numpy(), self.mean.cpu().numpy())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.flatten(1) - self.mean) @ self.weight.T
+        return (x.flatten(1).double() - self.mean) @ self.weight.T

@@ -121,6 +121,11 @@ class PretrainedEncoder(nn.Module):
         """Nothing to learn: a pretrained encoder is frozen (every encoder has ``fit``)."""
         return self
 
+    def linear_map(self) -> None:
+        """Not linear in its input: certificates go through ``lipschitz`` (every encoder has
+        ``linear_map``)."""
+        return None
+
     def forward(self, x: Tensor) -> Tensor:
         """Encode images.
 

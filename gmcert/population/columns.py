@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from gmcert.certify.latent import latent_certifier, torch_dtype
+from gmcert.certify.transfer import RadiusTransfer
 from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.population.accuracy import (
     population_certified_accuracy,
@@ -39,20 +40,24 @@ def add_population_columns(
     table: pd.DataFrame,
     mixture: GaussianMixtureClassifier,
     *,
-    lipschitz: float | None,
+    transfer: RadiusTransfer,
     options,
     device,
     seed: int,
 ) -> PopulationQ | None:
     """Add ``population_Q`` (and ``ceiling_Q`` where defined) to the closed-form rows: in closed
     form for two equiprobable shared-covariance classes, by Monte Carlo from Q otherwise.
-    ``options`` is the run's ``certify`` config node."""
+    ``options`` is the run's ``certify`` config node; ``transfer`` says which latent radius, in
+    which norm, an input radius of the table stands for."""
     table["population_Q"] = np.nan
     rows = table["method"] == "closed_form"
     if not rows.any() or options.population_samples <= 0:
         return None
-    scale = lipschitz if table.loc[rows, "space"].iloc[0] == "input" else 1.0
-    radii = table.loc[rows, "radius"].to_numpy() * scale  # in latent units
+    radii = table.loc[rows, "radius"].to_numpy()
+    norm = options.norm
+    if table.loc[rows, "space"].iloc[0] == "input":
+        # The input ball of radius r lies in the latent ball of radius factor * r.
+        radii, norm = radii * transfer.factor, transfer.latent_norm
     two_class_bayes = (
         len(mixture.classes_) == 2
         and mixture.is_linear_
@@ -61,13 +66,13 @@ def add_population_columns(
     )
     if two_class_bayes:
         exact = two_class_certified_accuracy(
-            mixture.means_[0], mixture.means_[1], mixture.covariances_, radii, norm=options.norm
+            mixture.means_[0], mixture.means_[1], mixture.covariances_, radii, norm=norm
         )
         table.loc[rows, "population_Q"] = exact
         low, high, method, samples = exact, exact, "closed_form", None
     else:
         certifier = latent_certifier(
-            mixture, norm=options.norm, device=device, dtype=torch_dtype(options.dtype)
+            mixture, norm=norm, device=device, dtype=torch_dtype(options.dtype)
         )
         mc = population_certified_accuracy(
             mixture,
@@ -80,7 +85,7 @@ def add_population_columns(
         table.loc[rows, "population_Q"] = mc["certified_accuracy"].to_numpy()
         low, high = mc["ci_low"].to_numpy(), mc["ci_high"].to_numpy()
         method, samples = "monte_carlo", options.population_samples
-    if mixture.is_linear_ and options.norm == "l2":
+    if mixture.is_linear_ and norm == "l2":
         table["ceiling_Q"] = np.nan
         table.loc[rows, "ceiling_Q"] = [
             pairwise_robust_accuracy_ceiling(
