@@ -12,31 +12,46 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 
+def _check_dtype(dtype) -> torch.dtype:
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"dtype must be torch.float32 (the default) or torch.float64, got {dtype!r}"
+        )
+    return dtype
+
+
 class MixtureHead(nn.Module):
-    """Scores s_k(z) = log pi_k + log N(z; mu_k, Sigma_k), up to a term common to all classes.
+    """Scores s_k(z) = log pi_k + log N(z; mu_k, Sigma_k), up to a term common to all classes:
+    the mixture's ``class_scores``, whose argmax is its ``predict``.
 
     Linear families are one affine layer (M z + c); per-class covariances evaluate each
-    class's quadratic form through its Cholesky factor of the precision.
+    class's quadratic form through its Cholesky factor of the precision. ``dtype`` is the
+    precision of the buffers and of the computation (inputs are cast to it): float32 by default,
+    float64 for a deterministic model that follows the float64 estimator (e.g. for attacks).
     """
 
-    def __init__(self, mixture):
+    def __init__(self, mixture, *, dtype: torch.dtype = torch.float32):
         super().__init__()
+        _check_dtype(dtype)
         self.linear = mixture.is_linear_
         if self.linear:
             M, c = mixture.linear_head()
-            self.register_buffer("weight", torch.as_tensor(M, dtype=torch.float32))
-            self.register_buffer("bias", torch.as_tensor(c, dtype=torch.float32))
+            self.register_buffer("weight", torch.as_tensor(M, dtype=dtype))
+            self.register_buffer("bias", torch.as_tensor(c, dtype=dtype))
         else:
             # ||L_k^T (z - mu_k)||^2 = (z - mu_k)^T P_k (z - mu_k) with P_k = L_k L_k^T.
             chol = np.linalg.cholesky(mixture.class_precisions())
-            self.register_buffer("chol", torch.as_tensor(chol, dtype=torch.float32))
-            self.register_buffer("means", torch.as_tensor(mixture.means_, dtype=torch.float32))
-            self.register_buffer(
-                "log_weights", torch.as_tensor(mixture.log_weights_, dtype=torch.float32)
-            )
+            self.register_buffer("chol", torch.as_tensor(chol, dtype=dtype))
+            self.register_buffer("means", torch.as_tensor(mixture.means_, dtype=dtype))
+            self.register_buffer("log_weights", torch.as_tensor(mixture.log_weights_, dtype=dtype))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the scores are computed in (follows ``.double()`` / ``.float()``)."""
+        return (self.weight if self.linear else self.chol).dtype
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = z.float()
+        z = z.to(self.dtype)
         if self.linear:
             return torch.addmm(self.bias, z, self.weight.T)
         centred = z[:, None, :] - self.means[None]  # (B, K, d)

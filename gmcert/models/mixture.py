@@ -7,6 +7,7 @@ stay on disk (a memory map) however many there are.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from dataclasses import dataclass
@@ -145,8 +146,12 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     det Sigma_k, ``shrinkage_`` (per class or scalar), ``n_features_in_``.
 
     Scores: ``predict_joint_log_proba`` gives s_k(z) = log pi_k + log N(z; mu_k, Sigma_k),
-    (n, K), for every K; ``decision_function`` follows scikit-learn and is (n,) log-odds when
-    K = 2. ``reg_covar`` is part of the fitted covariances, hence of every score, of
+    (n, K), for every K. ``class_scores`` gives the same less a term common to all classes
+    (``M z + c`` of ``linear_head`` for shared covariances, ``log_weights_[k] - 1/2 (z -
+    mu_k)^T P_k (z - mu_k)`` otherwise): the certifiers' scores, whose argmax ``predict`` is,
+    so that the prediction agrees with the certificate at every latent scale.
+    ``decision_function`` is ``class_scores``, or (n,) log-odds of them when K = 2.
+    ``reg_covar`` is part of the fitted covariances, hence of every score, of
     ``score_samples`` and of ``sample``. ``precisions_``, ``log_weights_`` and every score are
     the decision rule's (with ``tau``); ``sample`` draws from Q (without it).
     """
@@ -335,8 +340,72 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
             inv_chol = linalg.solve_triangular(chol, np.eye(len(cov)), lower=True)
             precisions.append(inv_chol.T @ inv_chol)
             logdets.append(2 * np.log(np.diag(chol)).sum())
-        self.precisions_ = np.stack(precisions) if covs.ndim == 3 else precisions[0]
+        precisions = np.stack(precisions)
+        # Exactly symmetric, so that the certifiers' own symmetrisation changes nothing.
+        precisions = 0.5 * (precisions + precisions.transpose(0, 2, 1))
+        self.precisions_ = precisions if covs.ndim == 3 else precisions[0]
         self.log_weights_ = np.log(self.priors_) - 0.5 * np.asarray(logdets)
+
+    def with_added_covariance(self, extra) -> GaussianMixtureClassifier:
+        """A fitted copy whose class covariances are ``covariances_ + extra``; self is unchanged.
+
+        This is the law of ``z + e`` for ``e ~ N(0, extra)`` independent of ``(z, y)``: each
+        class becomes N(mu_k, Sigma_k + extra), priors and means are kept, and ``precisions_``
+        and ``log_weights_`` are recomputed (with ``tau``). ``extra`` is a symmetric positive
+        semi-definite (d, d) matrix added to every class, or (K, d, d) one per class for the
+        per-class families.
+
+        The family of the copy (its ``covariance`` parameter) is the smallest one that holds the
+        result exactly: ``isotropic`` stays isotropic when ``extra`` is exactly c I and becomes
+        ``shared`` otherwise; ``diag`` stays diag when ``extra`` is exactly diagonal and becomes
+        ``full`` otherwise; ``lowrank`` stays lowrank when ``extra`` is exactly c I and becomes
+        ``full`` otherwise; ``shared`` and ``full`` stay. Linear families stay linear. The copy
+        is a fitted estimator like any other (``clone`` of it, or ``fit``, forgets ``extra``).
+        """
+        check_is_fitted(self)
+        d, num_classes = self.n_features_in_, len(self.classes_)
+        extra = np.asarray(extra, dtype=np.float64)
+        if extra.shape == (num_classes, d, d) and self.is_linear_:
+            if not np.all(extra == extra[:1]):
+                raise ValueError(
+                    f"covariance={self.covariance!r} shares one covariance across classes, but "
+                    "extra differs between classes (the boundaries would be quadratic); fit "
+                    "covariance='full', or add one (d, d) matrix"
+                )
+            extra = extra[0]
+        allowed = [(d, d)] if self.is_linear_ else [(d, d), (num_classes, d, d)]
+        if extra.shape not in allowed:
+            raise ValueError(
+                f"extra must have shape {' or '.join(map(str, allowed))} for this "
+                f"covariance={self.covariance!r} mixture, got {extra.shape}"
+            )
+        if not np.all(np.isfinite(extra)):
+            raise ValueError("extra contains NaN or inf")
+        stacked = extra.reshape(-1, d, d)
+        scale = max(float(np.abs(stacked).max()), np.finfo(np.float64).tiny)
+        if np.abs(stacked - stacked.transpose(0, 2, 1)).max() > 1e-10 * scale:
+            raise ValueError("extra must be symmetric (a covariance matrix)")
+        stacked = 0.5 * (stacked + stacked.transpose(0, 2, 1))
+        if np.linalg.eigvalsh(stacked).min() < -1e-10 * scale:
+            raise ValueError("extra must be positive semi-definite (a covariance matrix)")
+        extra = stacked.reshape(extra.shape)
+
+        off_diagonal = stacked * (1 - np.eye(d))
+        diagonal = np.all(off_diagonal == 0)
+        scaled_identity = diagonal and np.all(
+            np.diagonal(stacked, axis1=1, axis2=2) == stacked[0, 0, 0]
+        )
+        family = self.covariance
+        if family == "isotropic" and not scaled_identity:
+            family = "shared"
+        elif (family == "diag" and not diagonal) or (family == "lowrank" and not scaled_identity):
+            family = "full"
+
+        out = copy.deepcopy(self)
+        out.covariance = family
+        out.covariances_ = self.covariances_ + extra
+        out._finalise()
+        return out
 
     # ------------------------------------------------------------- queries
     @property
@@ -366,44 +435,74 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         c = self.covariances_
         return np.broadcast_to(c, (len(self.classes_), *c.shape[-2:])) if c.ndim == 2 else c
 
-    def _joint_log_likelihood(self, X) -> np.ndarray:
-        """log pi_k + log N(x; mu_k, Sigma_k), (n, K), float64; X already validated."""
-        d = self.n_features_in_
+    def _class_scores(self, Z: np.ndarray, head) -> np.ndarray:
+        """The decision rule's class scores for Z (n, d) float64, (n, K), without any term
+        common to all classes: ``M z + c`` from :meth:`linear_head` for the linear families,
+        ``log_weights_[k] - 1/2 (z - mu_k)^T P_k (z - mu_k)`` otherwise. These are the scores
+        of :class:`gmcert.certify.linear.LinearCertifier` and
+        :class:`gmcert.certify.quadratic.QuadraticCertifier` (the same formulas, evaluated in
+        float64; only the order of summation differs), so the argmax (``predict``) agrees with
+        the certified rule at every latent scale."""
+        if head is not None:  # (M, c) of linear_head(), computed once per call
+            M, c = head
+            return Z @ M.T + c
+        out = np.empty((len(Z), len(self.classes_)))
+        for k, (mu, prec) in enumerate(zip(self.means_, self.precisions_, strict=True)):
+            r = Z - mu
+            out[:, k] = self.log_weights_[k] - 0.5 * np.einsum("nd,nd->n", r @ prec, r)
+        return out
+
+    def _common_term(self, Z: np.ndarray) -> np.ndarray:
+        """(n,) the part of log Q(z, y=k) that ``_class_scores`` leaves out (the same for every
+        class): -1/2 z^T P z - 1/2 log det Sigma for a shared covariance, and the Gaussian
+        normaliser -d/2 log(2 pi)."""
+        common = np.full(len(Z), -0.5 * self.n_features_in_ * math.log(2 * math.pi))
+        if self.is_linear_:
+            quad = np.einsum("nd,nd->n", Z @ self.precisions_, Z)
+            common += (self.log_weights_[0] - math.log(self.priors_[0])) - 0.5 * quad
+        return common
+
+    def _scores(self, X, *, joint: bool) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        head = self.linear_head() if self.is_linear_ else None
         out = np.empty((len(X), len(self.classes_)))
-        linear = self.is_linear_
-        if linear:
-            M, c = self.linear_head()
-            c = c + self.log_weights_ - np.log(self.priors_)  # the shared -1/2 log det Sigma
         for rows in _chunks(len(X), self.chunk_size):
             Z = np.asarray(X[rows], np.float64)
-            if linear:
-                quad = np.einsum("nd,de,ne->n", Z, self.precisions_, Z)
-                out[rows] = Z @ M.T + c - 0.5 * quad[:, None]
-            else:
-                for k, (mu, prec) in enumerate(zip(self.means_, self.precisions_, strict=True)):
-                    r = Z - mu
-                    out[rows, k] = self.log_weights_[k] - 0.5 * np.einsum("nd,de,ne->n", r, prec, r)
-        return out - 0.5 * d * math.log(2 * math.pi)
+            out[rows] = self._class_scores(Z, head)
+            if joint:
+                out[rows] += self._common_term(Z)[:, None]
+        return out
 
     def predict_joint_log_proba(self, X) -> np.ndarray:
         """s_k(z) = log pi_k + log N(z; mu_k, Sigma_k) = log Q(z, y=k), shape (n, K)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return self._joint_log_likelihood(X)
+        return self._scores(X, joint=True)
+
+    def class_scores(self, X) -> np.ndarray:
+        """(n, K) the decision rule's class scores, centred: ``predict_joint_log_proba`` less a
+        term common to all classes (see ``decision_function``); their argmax is ``predict``."""
+        return self._scores(X, joint=False)
 
     def decision_function(self, X) -> np.ndarray:
         """Scores whose argmax is the prediction, as scikit-learn classifiers define them.
 
-        K > 2: the joint log-likelihoods s_k(z), shape (n, K). K = 2: the log-odds
-        s_1(z) - s_0(z), shape (n,), positive for ``classes_[1]`` (as in
+        K > 2: the centred class scores of the certified rule, shape (n, K): ``M z + c`` from
+        :meth:`linear_head` for the linear families, ``log_weights_[k] - 1/2 (z - mu_k)^T P_k
+        (z - mu_k)`` for per-class covariances; they differ from the joint log-likelihoods
+        ``predict_joint_log_proba`` by a term common to all classes, which is left out because
+        its rounding can exceed the differences between classes at small latent scales.
+        K = 2: the log-odds s_1(z) - s_0(z), shape (n,), positive for ``classes_[1]`` (as in
         LinearDiscriminantAnalysis).
         """
-        jll = self.predict_joint_log_proba(X)
-        return jll[:, 1] - jll[:, 0] if jll.shape[1] == 2 else jll
+        scores = self.class_scores(X)
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
 
     def predict(self, X) -> np.ndarray:
+        """``classes_`` of the argmax of the centred class scores (``class_scores``): the rule
+        the certifiers certify, compared without the large common terms of the joint
+        log-likelihoods."""
         check_is_fitted(self)  # before self.classes_ is read
-        return self.classes_[np.argmax(self.predict_joint_log_proba(X), axis=1)]
+        return self.classes_[np.argmax(self.class_scores(X), axis=1)]
 
     def predict_log_proba(self, X) -> np.ndarray:
         jll = self.predict_joint_log_proba(X)
