@@ -143,6 +143,9 @@ class CertifyConfig:
     n: int = 100_000
     alpha: float = 0.001
     noise_batch: int = 1000
+    # smoothing heads are trained under the noise (Cohen et al.); nonlinear encoders and the
+    # probe on this many noisy copies of each train input (the mixture on a linear one: exact)
+    noise_copies: int = 4
     population_samples: int = 20_000  # Monte Carlo draws from Q for CA_Q (SE <= 0.0036)
 
 
@@ -156,6 +159,15 @@ class DivergenceConfig:
     alpha: float = 0.05
     max_per_class: int | None = 2000
     truth_samples: int = 200_000  # Monte Carlo draws for the true eps, where the data law is known
+
+
+@dataclass
+class AttackConfig:
+    enabled: Any = False  # true | false | auto (on for in-memory datasets, off for image folders)
+    steps: int = 50  # search steps per run of the minimum-norm attack
+    restarts: int = 2  # extra runs from random points around each input
+    batch_size: int = 256
+    tolerance: float = 1e-6  # relative slack before an attack inside a radius is UNSOUND
 
 
 @dataclass
@@ -180,6 +192,7 @@ class Config:
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     task_name: str = "run"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from sklearn.base import clone
 
 from gmcert.certify.latent import certify_latents, latent_certifier, torch_dtype
 from gmcert.certify.linear import LinearCertifier
@@ -21,6 +23,7 @@ from gmcert.certify.transfer import RadiusTransfer
 from gmcert.data import LabelledData
 from gmcert.models.heads import LinearProbeHead, MixtureHead, fit_linear_probe
 from gmcert.models.mixture import GaussianMixtureClassifier
+from gmcert.models.noise_training import noisy_latents, noisy_mixture
 
 
 @dataclass(frozen=True)
@@ -138,27 +141,24 @@ class ClosedForm:
 class Smoothing:
     """Randomized smoothing (Cohen et al. 2019, docs/theory.md section 4) of ``encoder -> head``.
 
-    Radii are l2 in input pixel units. Each chunk of test points draws its noise from a
-    generator seeded by the seed and the chunk's first index, so a resumed run reproduces the
-    uninterrupted one.
+    Radii are l2 in input pixel units. As in Cohen et al., the head is trained under the
+    noise it is smoothed with (``noise_trained``): for the mixture on an encoder linear in its
+    input exactly (class covariances Sigma_k + sigma^2 W W^T), otherwise on encodings of
+    ``certify.noise_copies`` noisy copies of each train input; ``noise_trained=False`` keeps
+    the clean-trained head (methods ``*_clean``). Each chunk of test points draws its noise
+    from a generator seeded by the seed and the chunk's first index, so a resumed run
+    reproduces the uninterrupted one.
     """
 
     norm = "l2"
     space = "input"
     exact = True
 
-    def __init__(self, inputs: CertifyInputs, *, head: str):
+    def __init__(self, inputs: CertifyInputs, *, head: str, noise_trained: bool):
         opts = inputs.options
-        self.name = f"smoothing_{head}"
+        self.name = f"smoothing_{head}" + ("" if noise_trained else "_clean")
         self._device, self._seed = inputs.device, inputs.seed
-        if head == "gmm":
-            module, self._classes = MixtureHead(inputs.mixture), inputs.mixture.classes_
-        else:
-            probe = fit_linear_probe(
-                inputs.train_latents, inputs.data.train.labels, seed=inputs.seed
-            )
-            module = LinearProbeHead(probe)
-            self._classes = module.classes
+        module = self._head(inputs, head, noise_trained)
         base = torch.nn.Sequential(inputs.encoder, module).eval().to(inputs.device)
         self._smoothed = SmoothedClassifier(
             base, len(self._classes), opts.sigma, device=inputs.device, batch_size=opts.noise_batch
@@ -173,6 +173,33 @@ class Smoothing:
         )
         # Several points share forward passes when n is small next to the noise batch.
         self.chunk_size = max(1, opts.noise_batch // opts.n)
+
+    def _head(self, inputs: CertifyInputs, head: str, noise_trained: bool) -> torch.nn.Module:
+        mixture, encoder, train = inputs.mixture, inputs.encoder, inputs.data.train
+        Z, y = inputs.train_latents, train.labels
+        exact_noise = head == "gmm" and encoder.linear_map() is not None
+        if noise_trained and not exact_noise:
+            Z, y = noisy_latents(
+                encoder,
+                train.inputs,
+                train.labels,
+                sigma=inputs.options.sigma,
+                copies=inputs.options.noise_copies,
+                seed=inputs.seed,
+                device=inputs.device,
+            )
+        if head == "probe":
+            head_module = LinearProbeHead(fit_linear_probe(Z, y, seed=inputs.seed))
+            self._classes = head_module.classes
+            return head_module
+        if noise_trained:
+            mixture = (
+                noisy_mixture(mixture, sigma=inputs.options.sigma, linear_map=encoder)
+                if exact_noise
+                else clone(mixture).fit(Z, y)
+            )
+        self._classes = mixture.classes_
+        return MixtureHead(mixture)
 
     def certify(self, positions: np.ndarray) -> Certified:
         settings = self.smoothing
@@ -193,8 +220,10 @@ class Smoothing:
 
 METHODS: dict[str, Callable[[CertifyInputs], CertificationMethod]] = {
     "closed_form": ClosedForm,
-    "smoothing_gmm": lambda inputs: Smoothing(inputs, head="gmm"),
-    "smoothing_probe": lambda inputs: Smoothing(inputs, head="probe"),
+    "smoothing_gmm": partial(Smoothing, head="gmm", noise_trained=True),
+    "smoothing_probe": partial(Smoothing, head="probe", noise_trained=True),
+    "smoothing_gmm_clean": partial(Smoothing, head="gmm", noise_trained=False),
+    "smoothing_probe_clean": partial(Smoothing, head="probe", noise_trained=False),
 }
 
 
