@@ -23,6 +23,7 @@ register_configs()
 
 def run_job(cfg: DictConfig) -> dict | None:
     """Run one job. In a sweep a failing job logs its error and folder, and the sweep goes on."""
+    from gmcert.attack.stage import UnsoundCertificate
     from gmcert.io import write_json
     from gmcert.pipeline import run
 
@@ -35,6 +36,9 @@ def run_job(cfg: DictConfig) -> dict | None:
             log.exception("job failed; the sweep goes on. Folder: %s", out_dir)
             write_json(out_dir / "failed.json", {"error": f"{type(err).__name__}: {err}"})
             return None
+        if isinstance(err, UnsoundCertificate):
+            print(f"gmcert: {err}", file=sys.stderr)
+            sys.exit(3)
         if isinstance(err, USER_ERRORS):
             log.debug("user error", exc_info=True)
             print(f"gmcert: error: {err}", file=sys.stderr)
@@ -52,6 +56,13 @@ def run_job(cfg: DictConfig) -> dict | None:
                 f"radius cap {summary['radius_cap']:.3f} (a cap, not a result; "
                 f"{summary['at_cap']:.1%} of points at it)"
             )
+    attack = metrics.get("attack")
+    if attack:
+        print(
+            f"attacked: {attack['method']} points attacked in {attack['norm']} ({attack['space']} "
+            f"space), {attack['seconds']:.1f} s; median certified / attack radius "
+            f"{attack['tightness_median'] or float('nan'):.3f}; no attack beat a certificate"
+        )
     divergence = metrics.get("divergence") or {}
     if "eps_used" in divergence:
         print(

@@ -1,4 +1,4 @@
-"""`run(cfg)`: data -> encode -> fit -> certify -> evaluate -> degrade -> write.
+"""`run(cfg)`: data -> encode -> fit -> certify -> attack -> evaluate -> degrade -> write.
 
 Each stage is one call into the module that owns it; nothing else happens here.
 """
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gmcert.attack.stage import ATTACKED_METHOD, attack_certificates, attack_enabled
 from gmcert.bounds.degradation import degrade
 from gmcert.certify.methods import CertifyInputs, build_methods
 from gmcert.certify.stage import certify_pending, certify_positions
@@ -24,9 +24,9 @@ from gmcert.io import open_prediction_log, run_fingerprint
 from gmcert.models.fitting import fit_mixture
 from gmcert.population.columns import add_population_columns
 from gmcert.provenance import StageTimer, provenance
-from gmcert.report.outputs import radius_units, write_run
+from gmcert.report.outputs import describe_run, write_run
 from gmcert.report.published import published_rows
-from gmcert.report.table import evaluate
+from gmcert.report.table import add_empirical_robust_accuracy, evaluate
 
 
 def run(cfg: DictConfig) -> dict:
@@ -66,22 +66,35 @@ def run(cfg: DictConfig) -> dict:
     predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg))
     with timer("certify"):
         certify_pending(methods, predictions_log, positions, data.test)
+    predictions = predictions_log.read()
+    predictions = predictions[predictions["index"].isin(data.test.indices[positions])]
+
+    attacked = None
+    attacked_method = next((m for m in methods if m.name == ATTACKED_METHOD), None)
+    if attacked_method is not None and attack_enabled(cfg.attack, data.test):
+        with timer("attack"):
+            attacked = attack_certificates(
+                predictions,
+                space=attacked_method.space,
+                norm=attacked_method.norm,
+                encoder=latents.encoder,
+                mixture=mixture,
+                test=data.test,
+                test_latents=latents.test,
+                positions=positions,
+                options=cfg.attack,
+                device=device,
+                seed=cfg.seed,
+            )
 
     with timer("evaluate"):
-        predictions = predictions_log.read()
-        predictions = predictions[predictions["index"].isin(data.test.indices[positions])]
-        evaluation = evaluate(
-            predictions, methods, radii=list(cfg.certify.radii), alpha=cfg.certify.ci_alpha
-        )
+        radii, alpha = list(cfg.certify.radii), cfg.certify.ci_alpha
+        evaluation = evaluate(predictions, methods, radii=radii, alpha=alpha)
         table = evaluation.table
         population = add_population_columns(
-            table,
-            mixture,
-            transfer=transfer,
-            options=cfg.certify,
-            device=device,
-            seed=cfg.seed,
+            table, mixture, transfer=transfer, options=cfg.certify, device=device, seed=cfg.seed
         )
+        attack = add_empirical_robust_accuracy(table, predictions, attacked) if attacked else None
         if any(m.smoothing is not None for m in methods):
             table = pd.concat(
                 [table, published_rows(data.name, cfg.certify.sigma)], ignore_index=True
@@ -103,25 +116,11 @@ def run(cfg: DictConfig) -> dict:
             )
 
     metrics = {
-        "dataset": data.name,
-        "encoder": cfg.encoder.name,
-        "covariance": mixture.covariance,
-        "num_classes": data.num_classes,
-        "latent_dim": int(latents.train.shape[1]),
-        "train_points": len(data.train),
-        "test_points": len(data.test),
-        "certified_points": int(len(positions)),
-        "certified_indices": [int(positions[0]), int(positions[-1]) + 1],
-        "lipschitz": latents.encoder.lipschitz,
-        "radius_units": radius_units(latents.encoder.lipschitz),
+        **describe_run(data, cfg.encoder.name, latents, mixture, positions),
         "methods": evaluation.summary,
-        "mixture": {
-            "shrinkage": np.asarray(mixture.shrinkage_).tolist(),
-            "train_accuracy": float((mixture.predict(latents.train) == data.train.labels).mean()),
-        },
+        "attack": attack,
         "population_Q": population.as_metrics() if population else None,
         "divergence": degradation.metrics if degradation else None,
-        "cache_hits": latents.cache_hits,
         "throughput": {
             "certify_points_per_second": len(positions)
             * len(methods)
@@ -131,5 +130,5 @@ def run(cfg: DictConfig) -> dict:
         "output_dir": str(out_dir),
     }
     title = f"{data.name} / {cfg.encoder.name} / {mixture.covariance}"
-    write_run(out_dir, table, predictions, degradation, metrics, title=title)
+    write_run(out_dir, table, predictions, degradation, metrics, title=title, attacked=attacked)
     return metrics

@@ -1,12 +1,17 @@
-"""The write stage: one run's table, plots and metrics.json, each written atomically."""
+"""The write stage: one run's table, plots and metrics.json, each written atomically; a run
+whose certificates an attack beat ends here, UNSOUND, after writing everything."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from gmcert.attack.stage import Attacked, UnsoundCertificate
 from gmcert.bounds.degradation import Degradation
+from gmcert.data import LabelledData
+from gmcert.features import Encoded
 from gmcert.io import write_csv, write_json
 from gmcert.report.plots import plot_certified_accuracy, plot_eps_sensitivity
 
@@ -19,9 +24,16 @@ def write_run(
     metrics: dict,
     *,
     title: str,
+    attacked: Attacked | None = None,
 ) -> None:
     write_csv(out_dir / "certified_accuracy.csv", table)
-    plot_certified_accuracy(predictions, table, out_dir / "certified_accuracy.png", title=title)
+    plot_certified_accuracy(
+        predictions,
+        table,
+        out_dir / "certified_accuracy.png",
+        title=title,
+        attack_radius=attacked.radius if attacked else None,
+    )
     if degradation is not None and degradation.sensitivity is not None:
         s = degradation.sensitivity
         plot_eps_sensitivity(
@@ -33,6 +45,36 @@ def write_run(
             eps_interval=s.interval,
         )
     write_json(out_dir / "metrics.json", metrics)
+    if attacked is not None and attacked.violations:
+        write_json(out_dir / "unsound.json", attacked.violations)
+        raise UnsoundCertificate(
+            f"UNSOUND: an attack changed the prediction strictly inside {len(attacked.violations)}"
+            f" certified {attacked.norm} radii ({attacked.space} space); the points, "
+            f"perturbations and both radii are in {out_dir / 'unsound.json'}"
+        )
+
+
+def describe_run(data: LabelledData, encoder_name: str, latents: Encoded, mixture, positions):
+    """metrics.json's description of what was run on what."""
+    lipschitz = latents.encoder.lipschitz
+    return {
+        "dataset": data.name,
+        "encoder": encoder_name,
+        "covariance": mixture.covariance,
+        "num_classes": data.num_classes,
+        "latent_dim": int(latents.train.shape[1]),
+        "train_points": len(data.train),
+        "test_points": len(data.test),
+        "certified_points": int(len(positions)),
+        "certified_indices": [int(positions[0]), int(positions[-1]) + 1],
+        "lipschitz": lipschitz,
+        "radius_units": radius_units(lipschitz),
+        "mixture": {
+            "shrinkage": np.asarray(mixture.shrinkage_).tolist(),
+            "train_accuracy": float((mixture.predict(latents.train) == data.train.labels).mean()),
+        },
+        "cache_hits": latents.cache_hits,
+    }
 
 
 def radius_units(lipschitz) -> str:

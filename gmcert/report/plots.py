@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gmcert.attack.stage import ATTACKED_METHOD  # noqa: E402
 from gmcert.io import atomic_write  # noqa: E402
 from gmcert.report.table import certified_count  # noqa: E402
 
@@ -20,8 +21,17 @@ REFERENCE_CURVES = (
 )
 
 
-def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path, *, title: str):
-    """One curve per method, with the table's Clopper-Pearson intervals as error bars."""
+def plot_certified_accuracy(
+    predictions: pd.DataFrame,
+    table: pd.DataFrame,
+    path,
+    *,
+    title: str,
+    attack_radius: pd.Series | None = None,
+):
+    """One curve per method, with the table's Clopper-Pearson intervals as error bars; where
+    ``attack_radius`` (by index) is given, the band up to the attacked method's empirical
+    robust accuracy is shaded: the true robust accuracy lies in it."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     published = table[~table["method"].isin(predictions["method"].unique())]
     for method, rows in published.groupby("method", sort=False):
@@ -42,6 +52,18 @@ def plot_certified_accuracy(predictions: pd.DataFrame, table: pd.DataFrame, path
         correct = rows["correct"].to_numpy(bool)
         curve = certified_count(correct, np.nan_to_num(radii), grid) / max(len(correct), 1)
         (line,) = ax.step(grid, curve, where="post", label=f"{method} ({space} radius)")
+        if attack_radius is not None and method == ATTACKED_METHOD:
+            attacked = rows.set_index("index").loc[attack_radius.index, "correct"].to_numpy(bool)
+            upper = certified_count(attacked, attack_radius.to_numpy(), grid) / len(attacked)
+            ax.fill_between(
+                grid,
+                curve,
+                upper,
+                step="post",
+                color=line.get_color(),
+                alpha=0.15,
+                label=f"{method}: up to empirical robust accuracy (attack)",
+            )
         at = table[table["method"] == method]
         ax.errorbar(
             at["radius"],
