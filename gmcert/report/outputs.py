@@ -79,5 +79,5 @@ def describe_run(data: LabelledData, encoder_name: str, latents: Encoded, mixtur
 
 def radius_units(lipschitz) -> str:
     if lipschitz:
-        return "input space, l_p norm of [0, 1] pixel units (latent radius / Lipschitz bound)"
+        return "input space: certify.norm distances in [0, 1] pixel units"
     return "latent space (no certified Lipschitz bound for this encoder)"
