@@ -74,17 +74,7 @@ def run(cfg: DictConfig) -> dict:
     if attacked_method is not None and attack_enabled(cfg.attack, data.test):
         with timer("attack"):
             attacked = attack_certificates(
-                predictions,
-                space=attacked_method.space,
-                norm=attacked_method.norm,
-                encoder=latents.encoder,
-                mixture=mixture,
-                test=data.test,
-                test_latents=latents.test,
-                positions=positions,
-                options=cfg.attack,
-                device=device,
-                seed=cfg.seed,
+                predictions, attacked_method, inputs, positions, cfg.attack
             )
 
     with timer("evaluate"):

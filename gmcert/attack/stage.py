@@ -24,9 +24,9 @@ from torch import nn
 
 from gmcert.attack.linear import linear_boundary_projection
 from gmcert.attack.minimum_norm import minimum_norm_attack
+from gmcert.certify.methods import CertificationMethod, CertifyInputs
 from gmcert.data import Split
 from gmcert.models.heads import MixtureHead
-from gmcert.models.mixture import GaussianMixtureClassifier
 
 ATTACKED_METHOD = "closed_form"
 
@@ -59,27 +59,23 @@ class Attacked:
 
 def attack_certificates(
     predictions: pd.DataFrame,
-    *,
-    space: str,
-    norm: str,
-    encoder: nn.Module,
-    mixture: GaussianMixtureClassifier,
-    test: Split,
-    test_latents: np.ndarray,
+    method: CertificationMethod,
+    inputs: CertifyInputs,
     positions: np.ndarray,
     options,
-    device,
-    seed: int,
 ) -> Attacked:
-    """Attack the closed form's certificates at ``positions``; ``options``: the ``attack``
-    config node (steps, restarts, batch_size, tolerance)."""
+    """Attack ``method``'s certificates (from ``predictions``) at ``positions``, in its norm
+    and space; ``options``: the ``attack`` config node (steps, restarts, batch_size,
+    tolerance)."""
     started = time.perf_counter()
+    space, norm, mixture, encoder = method.space, method.norm, inputs.mixture, inputs.encoder
+    test = inputs.data.test
     head = MixtureHead(mixture, dtype=torch.float64)
     if space == "input":
         x = test.batch(positions).double()
         model = nn.Sequential(encoder, head).eval()
     else:
-        x = torch.as_tensor(np.asarray(test_latents[positions], np.float64))
+        x = torch.as_tensor(np.asarray(inputs.test_latents[positions], np.float64))
         model = head.eval()
     found = minimum_norm_attack(
         model,
@@ -88,8 +84,8 @@ def attack_certificates(
         steps=options.steps,
         restarts=options.restarts,
         batch_size=options.batch_size,
-        device=device,
-        seed=seed,
+        device=inputs.device,
+        seed=inputs.seed,
     )
     radius, adversarial = found.radius.copy(), found.adversarial.reshape(len(x), -1).copy()
     linear = encoder.linear_map() if space == "input" else None
@@ -102,7 +98,7 @@ def attack_certificates(
         adversarial[better] = x.flatten(1).numpy()[better] + exact.delta[better]
     indices = test.indices[positions]
     certified = (
-        predictions[predictions["method"] == ATTACKED_METHOD]
+        predictions[predictions["method"] == method.name]
         .set_index("index")
         .loc[indices, f"radius_{space}"]
         .to_numpy()
@@ -111,7 +107,7 @@ def attack_certificates(
     violations = [
         {
             "index": int(indices[i]),
-            "method": ATTACKED_METHOD,
+            "method": method.name,
             "norm": norm,
             "space": space,
             "certified_radius": float(certified[i]),

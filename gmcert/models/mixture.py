@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
@@ -19,90 +18,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from gmcert.models.moments import (
+    SHRINKAGE_RULES,
+    chunks,
+    class_moments,
+    shrink,
+    shrinkage_intensity,
+)
+
 COVARIANCE_FAMILIES = ("isotropic", "diag", "shared", "full", "lowrank")
 LINEAR_FAMILIES = ("isotropic", "shared")
-SHRINKAGE_RULES = ("ledoit_wolf", "oas", "none")
-
-
-@dataclass
-class _ClassMoments:
-    """Centred sufficient statistics of each class (float64)."""
-
-    counts: np.ndarray  # (K,)
-    means: np.ndarray  # (K, d)
-    scatter: np.ndarray  # (K, d, d) per class, or (d, d) pooled, or (K, d) diagonals
-    fourth: np.ndarray  # (K,) sum_i ||z_i - mu_k||^4, for the Ledoit-Wolf shrinkage
-
-
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
-def _class_moments(X, y_codes, num_classes, *, scatter: str, chunk_size: int) -> _ClassMoments:
-    """Two streamed passes: class means, then centred scatter (pooled/per-class/diagonal)."""
-    n, d = X.shape
-    counts = np.bincount(y_codes, minlength=num_classes).astype(np.float64)
-    sums = np.zeros((num_classes, d))
-    for rows in _chunks(n, chunk_size):
-        np.add.at(sums, y_codes[rows], np.asarray(X[rows], np.float64))
-    means = sums / counts[:, None]
-
-    shape = {"pooled": (d, d), "per_class": (num_classes, d, d), "diag": (num_classes, d)}
-    scatter_sum = np.zeros(shape[scatter])
-    fourth = np.zeros(num_classes)
-    for rows in _chunks(n, chunk_size):
-        codes = y_codes[rows]
-        resid = np.asarray(X[rows], np.float64) - means[codes]
-        sq = np.einsum("ij,ij->i", resid, resid)
-        np.add.at(fourth, codes, sq**2)
-        if scatter == "pooled":
-            scatter_sum += resid.T @ resid
-        elif scatter == "diag":
-            np.add.at(scatter_sum, codes, resid**2)
-        else:
-            for k in np.unique(codes):
-                r = resid[codes == k]
-                scatter_sum[k] += r.T @ r
-    return _ClassMoments(counts, means, scatter_sum, fourth)
-
-
-def shrinkage_intensity(cov: np.ndarray, n: float, fourth_sum: float, rule) -> float:
-    """Shrinkage alpha in (1 - alpha) S + alpha (tr S / d) I, from centred moments.
-
-    ``cov`` is the MLE covariance S of n centred points and ``fourth_sum`` = sum ||x_i||^4.
-    Ledoit-Wolf and OAS follow scikit-learn's ``ledoit_wolf`` / ``oas`` exactly (the tests
-    check it), computed from sufficient statistics instead of the data matrix.
-    """
-    if rule == "none" or rule is None:
-        return 0.0
-    if isinstance(rule, numbers.Real):
-        return float(rule)
-    d = cov.shape[0]
-    if d == 1:
-        return 0.0
-    mu = np.trace(cov) / d
-    frob2 = float(np.sum(cov**2))
-    if rule == "ledoit_wolf":
-        beta = (fourth_sum / n - frob2) / (d * n)
-        delta = (frob2 - 2 * mu * np.trace(cov) + d * mu**2) / d
-        beta = min(beta, delta)
-        return 0.0 if beta == 0 else float(beta / delta)
-    if rule == "oas":
-        alpha = frob2 / d**2
-        den = (n + 1) * (alpha - mu**2 / d)
-        return 1.0 if den == 0 else float(min((alpha + mu**2) / den, 1.0))
-    raise ValueError(
-        f"unknown shrinkage {rule!r}: use one of {SHRINKAGE_RULES} or a number in [0, 1]"
-    )
-
-
-def _shrink(cov, alpha):
-    d = cov.shape[-1]
-    target = np.trace(cov) / d
-    out = (1 - alpha) * cov
-    out[np.diag_indices(d)] += alpha * target
-    return out
 
 
 def sample_gaussian_mixture(n, means, covariances, priors, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +124,7 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         scatter = {"shared": "pooled", "isotropic": "pooled", "diag": "diag"}.get(
             self.covariance, "per_class"
         )
-        m = _class_moments(X, y_codes, num_classes, scatter=scatter, chunk_size=self.chunk_size)
+        m = class_moments(X, y_codes, num_classes, scatter=scatter, chunk_size=self.chunk_size)
         self._check_class_sizes(m.counts, d)
         self.priors_ = self._resolve_priors(m.counts)
         self.means_ = m.means
@@ -294,7 +219,7 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     def _fit_shared(self, m, n, d):
         cov = m.scatter / n
         self.shrinkage_ = shrinkage_intensity(cov, n, m.fourth.sum(), self.shrinkage)
-        self.covariances_ = _shrink(cov, self.shrinkage_) + self.reg_covar * np.eye(d)
+        self.covariances_ = shrink(cov, self.shrinkage_) + self.reg_covar * np.eye(d)
 
     def _fit_isotropic(self, m, n, d):
         self.shrinkage_ = 0.0
@@ -309,7 +234,7 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
                 for c, nk, f in zip(covs, m.counts, m.fourth, strict=True)
             ]
         )
-        shrunk = [_shrink(c, a) for c, a in zip(covs, self.shrinkage_, strict=True)]
+        shrunk = [shrink(c, a) for c, a in zip(covs, self.shrinkage_, strict=True)]
         self.covariances_ = np.stack(shrunk) + self.reg_covar * np.eye(d)
 
     def _fit_diag(self, m, n, d):
@@ -467,7 +392,7 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         head = self.linear_head() if self.is_linear_ else None
         out = np.empty((len(X), len(self.classes_)))
-        for rows in _chunks(len(X), self.chunk_size):
+        for rows in chunks(len(X), self.chunk_size):
             Z = np.asarray(X[rows], np.float64)
             out[rows] = self._class_scores(Z, head)
             if joint:
