@@ -1,4 +1,5 @@
-"""The closed-form latent certifier of a fitted mixture, and batched certification of latents."""
+"""The closed-form certifiers of a fitted mixture (in latent space, and folded into a linear
+encoder in input space), and batched certification."""
 
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ def latent_certifier(mixture, *, norm: str, device, dtype: torch.dtype):
         device=device,
         dtype=dtype,
     )
+
+
+def folded_certifier(mixture, linear_map, *, norm: str, device, dtype: torch.dtype):
+    """The exact input-space certifier of ``mixture``'s linear rule composed with an encoder
+    linear in its input (``linear_map``), or None where either is not linear."""
+    if linear_map is None or not mixture.is_linear_:
+        return None
+    A, b = linear_map.fold(*mixture.linear_head())
+    return LinearCertifier(A, b, norm=norm, device=device, dtype=dtype)
 
 
 def certify_latents(certifier, Z: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,12 @@ import numpy as np
 import torch
 from sklearn.base import clone
 
-from gmcert.certify.latent import certify_latents, latent_certifier, torch_dtype
-from gmcert.certify.linear import LinearCertifier
+from gmcert.certify.latent import (
+    certify_latents,
+    folded_certifier,
+    latent_certifier,
+    torch_dtype,
+)
 from gmcert.certify.smoothing import ABSTAIN, SmoothedClassifier, radius_cap
 from gmcert.certify.transfer import RadiusTransfer
 from gmcert.data import LabelledData
@@ -106,13 +110,12 @@ class ClosedForm:
             )
 
         self._latent = certifier(opts.norm)
-        linear = inputs.encoder.linear_map()
-        self._folded = self._through = None
-        if linear is not None and mixture.is_linear_:
-            A, b = linear.fold(*mixture.linear_head())
-            self._folded = LinearCertifier(
-                A, b, norm=opts.norm, device=inputs.device, dtype=torch_dtype(opts.dtype)
-            )
+        linear = self._transfer.linear
+        self._folded = folded_certifier(
+            mixture, linear, norm=opts.norm, device=inputs.device, dtype=torch_dtype(opts.dtype)
+        )
+        self._through = None
+        if self._folded is not None:
             self.space, self.exact = "input", True
         elif self._transfer.factor is not None:
             same = self._transfer.latent_norm == opts.norm

@@ -27,3 +27,10 @@ def l2_per_unit(norm: str, dim: int) -> float:
     L * l2_per_unit(norm, dim)."""
     check_norm(norm)
     return math.sqrt(dim) if norm == "linf" else 1.0
+
+
+def l2_radius_inside(norm: str, dim: int) -> float:
+    """The radius of the largest l2 ball inside the unit ``norm`` ball in dimension ``dim``:
+    1 for l2 and linf, 1 / sqrt(dim) for l1."""
+    check_norm(norm)
+    return 1 / math.sqrt(dim) if norm == "l1" else 1.0

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gmcert.certify.norms import l2_per_unit
+from gmcert.certify.norms import l2_per_unit, l2_radius_inside
+from gmcert.encoders.linear import LinearMap
 
 
 @dataclass(frozen=True)
 class RadiusTransfer:
     latent_norm: str  # the norm the latent certificate must be computed in
     factor: float | None  # None: no bound, radii stay in latent units
+    # The other way round: the latent l2 ball of radius inner_l2 * r lies in the image of the
+    # input ball of radius r (known for linear encoders only): what a ceiling may assume.
+    inner_l2: float | None = None
+    linear: LinearMap | None = None  # the encoder's exact map, when it is linear
 
     def input_radius(self, latent_radius):
         return latent_radius / self.factor
@@ -27,8 +32,12 @@ def radius_transfer(encoder, norm: str, input_dim: int) -> RadiusTransfer:
     """How latent radii of ``encoder`` become input radii in ``norm`` for inputs of
     ``input_dim`` coordinates."""
     linear = encoder.linear_map()
-    if linear is not None and linear.weight is None:
-        return RadiusTransfer(norm, 1.0)
+    inner = None
+    if linear is not None:
+        inner = linear.smallest_gain() * l2_radius_inside(norm, input_dim)
+        if linear.weight is None:
+            return RadiusTransfer(norm, 1.0, inner, linear)
     if encoder.lipschitz:
-        return RadiusTransfer("l2", encoder.lipschitz * l2_per_unit(norm, input_dim))
-    return RadiusTransfer(norm, None)
+        factor = encoder.lipschitz * l2_per_unit(norm, input_dim)
+        return RadiusTransfer("l2", factor, inner, linear)
+    return RadiusTransfer(norm, None, inner, linear)

@@ -29,6 +29,20 @@ class LinearMap:
         A = M @ self.weight
         return A, c - A @ self.offset
 
+    def preimage(self, Z: np.ndarray) -> np.ndarray:
+        """Inputs x with this map of x equal to Z (the least-norm ones; PCA's rows have full
+        rank, so every latent has one)."""
+        if self.weight is None:
+            return np.asarray(Z, np.float64)
+        return np.asarray(Z, np.float64) @ np.linalg.pinv(self.weight).T + self.offset
+
+    def smallest_gain(self) -> float:
+        """min ||W d||_2 / ||d||_2 over d in the row space: every latent l2 ball of radius
+        g * r is the image of inputs within r."""
+        if self.weight is None:
+            return 1.0
+        return float(np.linalg.svd(self.weight, compute_uv=False).min())
+
 
 class IdentityEncoder(nn.Module):
     """Flattens the input: Lipschitz 1, so latent radii are input radii."""

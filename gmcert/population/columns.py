@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gmcert.certify.latent import latent_certifier, torch_dtype
+from gmcert.certify.latent import folded_certifier, latent_certifier, torch_dtype
 from gmcert.certify.transfer import RadiusTransfer
 from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.population.accuracy import (
@@ -53,9 +53,13 @@ def add_population_columns(
     rows = table["method"] == "closed_form"
     if not rows.any() or options.population_samples <= 0:
         return None
-    radii = table.loc[rows, "radius"].to_numpy()
-    norm = options.norm
-    if table.loc[rows, "space"].iloc[0] == "input":
+    radii, norm = table.loc[rows, "radius"].to_numpy(), options.norm
+    in_input = table.loc[rows, "space"].iloc[0] == "input"
+    linear = transfer.linear if in_input and transfer.linear.weight is not None else None
+    folded = folded_certifier(
+        mixture, linear, norm=norm, device=device, dtype=torch_dtype(options.dtype)
+    )
+    if in_input and folded is None:
         # The input ball of radius r lies in the latent ball of radius factor * r.
         radii, norm = radii * transfer.factor, transfer.latent_norm
     two_class_bayes = (
@@ -66,12 +70,17 @@ def add_population_columns(
     )
     if two_class_bayes:
         exact = two_class_certified_accuracy(
-            mixture.means_[0], mixture.means_[1], mixture.covariances_, radii, norm=norm
+            mixture.means_[0],
+            mixture.means_[1],
+            mixture.covariances_,
+            radii,
+            norm=norm,
+            input_weight=None if folded is None else linear.weight,
         )
         table.loc[rows, "population_Q"] = exact
         low, high, method, samples = exact, exact, "closed_form", None
     else:
-        certifier = latent_certifier(
+        certifier = folded or latent_certifier(
             mixture, norm=norm, device=device, dtype=torch_dtype(options.dtype)
         )
         mc = population_certified_accuracy(
@@ -81,22 +90,27 @@ def add_population_columns(
             samples=options.population_samples,
             alpha=options.ci_alpha,
             seed=seed,
+            to_input=None if folded is None else linear.preimage,
         )
         table.loc[rows, "population_Q"] = mc["certified_accuracy"].to_numpy()
         low, high = mc["ci_low"].to_numpy(), mc["ci_high"].to_numpy()
         method, samples = "monte_carlo", options.population_samples
-    if mixture.is_linear_ and norm == "l2":
+    inner = transfer.inner_l2 if in_input else (1.0 if options.norm == "l2" else None)
+    if mixture.is_linear_ and inner is not None:
+        # Latent perturbations up to inner * r are all reachable from the input ball r, so no
+        # classifier of the latents beats the latent ceiling at that radius.
         table["ceiling_Q"] = np.nan
         table.loc[rows, "ceiling_Q"] = [
             pairwise_robust_accuracy_ceiling(
-                mixture.means_, mixture.covariances_, mixture.priors_, rho
+                mixture.means_, mixture.covariances_, mixture.priors_, inner * rho
             )
-            for rho in radii
+            for rho in table.loc[rows, "radius"].to_numpy()
         ]
         ceiling = (
-            "optimal robust accuracy under Q; exact for two equiprobable classes, "
-            "a sound pairwise upper bound for K > 2 (l2, shared covariance)"
+            "optimal robust accuracy under Q against the latent l2 perturbations the input "
+            "ball surely reaches; exact for two equiprobable classes, a sound pairwise upper "
+            "bound for K > 2 (shared covariance)"
         )
     else:
-        ceiling = "not available: needs a shared covariance and the l2 norm"
+        ceiling = "not available: needs a shared covariance and an encoder linear in its input"
     return PopulationQ(method, np.asarray(low), np.asarray(high), samples, ceiling)
