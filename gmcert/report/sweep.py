@@ -1,10 +1,11 @@
 """`gmcert-report DIR...`: one combined table and plot from many run folders.
 
 A run folder is any folder with Hydra's ``.hydra/`` or a ``predictions.csv``. Each is named by
-its overrides. Failed jobs (``failed.json``) and half-written ones (predictions but no
-table) are listed and skipped. Jobs that certified index ranges of one configuration
-(``certify.start`` / ``certify.stop``) share a run fingerprint; their predictions are merged
-and the table recomputed, identical to the table of one unsplit run.
+its overrides. Failed jobs (``failed.json``), unsound ones (``unsound.json``: an attack beat a
+certificate) and half-written ones (predictions but no table) are listed and skipped. Jobs
+that certified index ranges of one configuration (``certify.start`` / ``certify.stop``)
+share a run fingerprint; their predictions are merged and the table recomputed, identical
+to the table of one unsplit run.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class RunFolder:
     path: Path
     name: str
-    status: str  # complete | failed | incomplete
+    status: str  # complete | failed | unsound | incomplete
     reason: str = ""
     fingerprint: str | None = None
     config: dict = field(default_factory=dict)
@@ -56,8 +57,12 @@ def inspect_run(path: Path) -> RunFolder:
         config=config or {},
         fingerprint=stamp.read_text().strip() if stamp.exists() else None,
     )
-    failed = path / "failed.json"
-    if failed.exists():
+    failed, unsound = path / "failed.json", path / "unsound.json"
+    if unsound.exists():
+        # Its table was written, but an attack beat its certificates: never a result.
+        points = len(json.loads(unsound.read_text()))
+        run.status, run.reason = "unsound", f"an attack beat {points} certified radii"
+    elif failed.exists():
         run.status, run.reason = "failed", json.loads(failed.read_text()).get("error", "")
     elif not (path / "certified_accuracy.csv").exists() or not (path / "metrics.json").exists():
         run.status = "incomplete"
@@ -93,9 +98,15 @@ def _merged_table(group: list[RunFolder]) -> pd.DataFrame:
             radii=rows["radius"].to_numpy(),
             alpha=certify.get("ci_alpha", 0.05),
         )
-        # Columns computed from Q or eps, not from test points, are the same in every part.
+        # Columns computed from Q or eps, not from test points, are the same in every part;
+        # those that depend on the points are recomputed, or left empty when they cannot be.
         for extra in first.columns.difference(table.columns):
             table[extra] = rows[extra].to_numpy()
+        table["empirical_robust_accuracy"] = np.nan  # the parts' attacks are not merged
+        if "above_bound" in table:
+            bound = table["bound_at_eps"]
+            merged_above = table["ci_high"] >= bound - 1e-12
+            table["above_bound"] = merged_above.where(bound.notna(), pd.NA).astype("boolean")
         tables.append(table[first.columns])
     return pd.concat(tables, ignore_index=True)
 
