@@ -125,7 +125,8 @@ class MixtureConfig:
 
 @dataclass
 class CertifyConfig:
-    # closed_form: exact latent certificate; smoothing_gmm / smoothing_probe: Cohen et al.
+    # closed_form: the mixture rule's exact certificate (in input space where the encoder
+    # allows); smoothing_gmm / smoothing_probe (+ _clean): Cohen et al.'s randomized smoothing
     methods: list[str] = field(default_factory=lambda: ["closed_form"])
     norm: str = "l2"
     radii: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])

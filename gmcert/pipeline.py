@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> dict:
 
     attacked = None
     attacked_method = next((m for m in methods if m.name == ATTACKED_METHOD), None)
-    if attacked_method is not None and attack_enabled(cfg.attack, data.test):
+    if attack_enabled(cfg.attack, data.test, attacked_method):
         with timer("attack"):
             attacked = attack_certificates(
                 predictions, attacked_method, inputs, positions, cfg.attack

@@ -14,6 +14,7 @@ not attacked here (an honest attack would need Monte Carlo estimates of it).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -29,20 +30,28 @@ from gmcert.data import Split
 from gmcert.models.heads import MixtureHead
 
 ATTACKED_METHOD = "closed_form"
+log = logging.getLogger(__name__)
 
 
 class UnsoundCertificate(RuntimeError):
     """An attack found a class change strictly inside a certified radius."""
 
 
-def attack_enabled(options, test: Split) -> bool:
+def attack_enabled(options, test: Split, method) -> bool:
     """``attack.enabled``: true, false, or auto (on for in-memory datasets, off for image
-    folders, where attacking a large encoder on every image is a job of its own)."""
+    folders, where attacking a large encoder on every image is a job of its own). Only the
+    closed form's certificates are attacked: without it there is nothing to attack."""
     if options.enabled not in (True, False, "auto"):
         raise ValueError(f"attack.enabled must be true, false or auto, got {options.enabled!r}")
+    if method is None:
+        if options.enabled is True:
+            log.warning(
+                "attack.enabled=true, but only %s certificates are attacked", ATTACKED_METHOD
+            )
+        return False
     if options.enabled == "auto":
         return isinstance(test.inputs, np.ndarray)
-    return bool(options.enabled)
+    return options.enabled
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Linear encoders: the identity (flattened pixels) and PCA fitted on the train split.
 
 Both state their map exactly (:class:`LinearMap`), so a linear head can be folded into them and
-certified in input space directly, exactly and in every norm; both compute in float64, so
-the latents carry no rounding a certificate would have to cover.
+certified in input space directly, exactly and in every norm, from the inputs in float64
+(the stored latents are float32, like every encoder's; the folded certificate never reads
+them).
 """
 
 from __future__ import annotations
