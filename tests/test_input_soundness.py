@@ -121,3 +121,56 @@ def test_quadratic_heads_through_pca_are_sound_lower_bounds(datasets, norm):
     assert method.space == "input" and not method.exact
     assert np.all(attack.radius >= certified.radius_input * (1 - 1e-6))
     assert np.all(certified.radius_input > 0)
+
+
+@pytest.fixture(scope="module")
+def conv_digits():
+    """Digits as 3 x 8 x 8 images through a random ResNet-18 with its spectral l2 bound."""
+    digits = build_digits()
+
+    def images(x):
+        return np.repeat(x.reshape(-1, 1, 8, 8), 3, axis=1)
+
+    data = LabelledData.from_arrays(
+        "digits",
+        images(digits.train.inputs),
+        digits.train.labels,
+        images(digits.test.inputs),
+        digits.test.labels,
+        10,
+    )
+    encoder = build_encoder(
+        "resnet18", weights="random", lipschitz="spectral", image_size=32, source_size=(8, 8)
+    )
+    return data, encoder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["l2", "linf", "l1"])
+def test_a_conv_net_with_a_spectral_bound_is_sound_in_every_norm(conv_digits, norm):
+    data, encoder = conv_digits
+    with torch.inference_mode():
+        z_train = encoder(torch.as_tensor(data.train.inputs)).double().numpy()
+        z_test = encoder(torch.as_tensor(data.test.inputs[:6])).double().numpy()
+    mixture = GaussianMixtureClassifier(covariance="shared").fit(z_train, data.train.labels)
+    inputs = CertifyInputs(
+        mixture=mixture,
+        encoder=encoder,
+        data=data,
+        train_latents=z_train,
+        test_latents=z_test,
+        device=torch.device("cpu"),
+        options=OmegaConf.create({"norm": norm, "batch_size": 4096, "dtype": "float64"}),
+        seed=0,
+        transfer=radius_transfer(encoder, norm, data.test.input_dim),
+    )
+    method = ClosedForm(inputs)
+    assert method.space == "input" and not method.exact
+    certified = method.certify(np.arange(6))
+    model = torch.nn.Sequential(encoder, MixtureHead(mixture, dtype=torch.float64)).eval()
+    x = torch.as_tensor(data.test.inputs[:6], dtype=torch.float64)
+    attack = minimum_norm_attack(
+        model, x, norm=norm, steps=10, restarts=0, targeted=1, candidates=3, batch_size=6
+    )
+    assert np.all(certified.radius_input > 0)
+    assert np.all(attack.radius >= certified.radius_input * (1 - 1e-6))
