@@ -1,17 +1,28 @@
-"""Shared fixtures: configs composed the way Hydra composes them, each run under tmp_path."""
+"""Shared test helpers: configs composed the way Hydra composes them (each run under
+tmp_path), and small fake CIFAR-10 / ImageNet folders written in the real on-disk formats."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
 
 from gmcert.cli import CONFIG_DIR
+from gmcert.data import build_dataset
+from gmcert.data.cifar10 import CIFAR10_CLASSES
+from gmcert.encoders import build_encoder
+from gmcert.features import extract_features
+from gmcert.models.fitting import fit_robust_mixture
+from gmcert.models.mixture import GaussianMixtureClassifier
 
 CONFIGS = Path(CONFIG_DIR)
 
@@ -36,6 +47,54 @@ def make_cfg(tmp_path):
     return lambda *overrides: compose_config(tmp_path, overrides)
 
 
+def rebuild_run(cfg) -> SimpleNamespace:
+    """A run's data, fitted encoder, latents (float32, as the run computes them) and mixture,
+    rebuilt from its config with the public building blocks, to check what the run wrote.
+    Encoders fitted in-process only (identity, pca)."""
+    options = OmegaConf.to_container(cfg.dataset, resolve=True)
+    data = build_dataset(options.pop("name"), **options)
+    options = OmegaConf.to_container(cfg.encoder, resolve=True)
+    encoder = build_encoder(options.pop("name"), **options)
+    if hasattr(encoder, "fit"):
+        encoder.fit(data.train.inputs)
+    cpu = torch.device("cpu")
+    Z_train = extract_features(encoder, data.train.inputs, device=cpu)
+    Z_test = extract_features(encoder, data.test.inputs, device=cpu)
+    params = OmegaConf.to_container(cfg.mixture, resolve=True)
+    params.pop("name", None)
+    robust_radius = params.pop("robust_radius", None)
+    holdout = params.pop("holdout_fraction", 0.2)
+    mixture = GaussianMixtureClassifier(**params, random_state=cfg.seed)
+    if robust_radius is None:
+        mixture.fit(Z_train, data.train.labels)
+    else:
+        mixture = fit_robust_mixture(
+            mixture,
+            Z_train,
+            data.train.labels,
+            radius=robust_radius,
+            holdout_fraction=holdout,
+            seed=cfg.seed,
+        )
+    return SimpleNamespace(
+        data=data, encoder=encoder, Z_train=Z_train, Z_test=Z_test, mixture=mixture
+    )
+
+
+def linear_radius(M, c, Z, *, norm: str = "l2") -> np.ndarray:
+    """Distance in ``norm`` from each row of Z to the boundary of ``argmax M z + c``, written
+    out: min over rivals j of (s_k - s_j) / ||M_k - M_j||_dual."""
+    dual = {"l2": 2, "linf": 1, "l1": np.inf}[norm]
+    scores = Z @ M.T + c
+    rows = np.arange(len(Z))
+    k = scores.argmax(1)
+    gaps = np.linalg.norm(M[k][:, None, :] - M[None], ord=dual, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = (scores[rows, k][:, None] - scores) / gaps
+    ratios[rows, k] = np.inf
+    return ratios.min(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -43,3 +102,82 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------------------------
+# Fake image datasets in the real formats (test_vision_data, test_experiments)
+# --------------------------------------------------------------------------------------------
+
+IMAGENET_WNIDS = ["n01440764", "n01443537", "n01484850"]
+IMAGENET_TRAIN_COUNTS = [4, 3, 5]
+IMAGENET_VAL_PER_CLASS = 3
+
+
+def write_cifar10(root: Path, *, per_batch: int = 20, n_test: int = 40, seed: int = 0) -> dict:
+    """Write cifar-10-batches-py/ as the real archive has it: Python pickles, protocol 2,
+    'data' uint8 (n, 3072) channel-major, 'labels' list of ints, batches.meta label_names.
+    Returns the arrays written, for comparison."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    truth = {"train_data": [], "train_labels": []}
+
+    def dump(name: str, data: np.ndarray, labels: np.ndarray) -> None:
+        # Python-2 str keys, which Python 3 reads back as str with encoding="latin1".
+        batch = {
+            "batch_label": name,
+            "labels": labels.tolist(),
+            "data": data,
+            "filenames": [f"{i}.png" for i in range(len(labels))],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+
+    for i in range(1, 6):
+        labels = rng.permutation(np.arange(per_batch) % 10)
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        dump(f"data_batch_{i}", data, labels)
+        truth["train_data"].append(data)
+        truth["train_labels"].append(labels)
+    test_labels = rng.permutation(np.arange(n_test) % 10)
+    test_data = rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)
+    dump("test_batch", test_data, test_labels)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump(
+            {
+                "label_names": list(CIFAR10_CLASSES),
+                "num_cases_per_batch": per_batch,
+                "num_vis": 3072,
+            },
+            f,
+            protocol=2,
+        )
+    return {
+        "train_data": np.concatenate(truth["train_data"]),
+        "train_labels": np.concatenate(truth["train_labels"]),
+        "test_data": test_data,
+        "test_labels": test_labels,
+    }
+
+
+def write_imagenet(root: Path, *, seed: int = 0) -> None:
+    """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG for 3 wnids, varied sizes and modes
+    (one greyscale JPEG, one PNG), and a stray non-image file in every class folder."""
+    rng = np.random.default_rng(seed)
+    val_counts = [IMAGENET_VAL_PER_CLASS] * len(IMAGENET_WNIDS)
+    for split, counts in (("train", IMAGENET_TRAIN_COUNTS), ("val", val_counts)):
+        for c, (wnid, count) in enumerate(zip(IMAGENET_WNIDS, counts, strict=True)):
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for k in range(count):
+                h, w = int(rng.integers(40, 300)), int(rng.integers(40, 300))
+                pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+                image = Image.fromarray(pixels)
+                if c == 1 and k == 0:
+                    image = image.convert("L")  # ImageNet has greyscale JPEGs
+                name = f"{wnid}_{k:04d}"
+                if c == 2 and k == 1:
+                    image.save(folder / f"{name}.png")
+                else:
+                    image.save(folder / f"{name}.JPEG", quality=90)
+            (folder / "notes.txt").write_text("not an image")

@@ -10,6 +10,9 @@ from conftest import CONFIGS, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from gmcert.data import DATASET_BUILDERS
+from gmcert.pipeline import run
+
 GROUPS = ["dataset", "encoder", "mixture", "certify", "divergence", "experiment"]
 
 
@@ -48,28 +51,68 @@ def test_type_errors_name_the_key(tmp_path, override, message):
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "override, message",
     [
-        (["encoder=nope"], "Could not find 'encoder/nope'"),
-        (["certify.radii=oops"], "certify.radii"),
-        (["certify.radii=[-1]"], "certify.radii must be a non-empty list of radii >= 0"),
-        (["certify.norm=l3"], "certify.norm must be one of"),
+        ("certify.norm=l3", r"certify.norm must be one of .*got 'l3'"),
+        ("certify.radii=[]", r"certify.radii must be a non-empty list of radii >= 0, got \[\]"),
+        ("certify.radii=[0.0,-0.5]", r"certify.radii must be a non-empty list .*-0.5"),
+        ("certify.ci_alpha=1.5", r"certify.ci_alpha must lie in \(0, 1\), got 1.5"),
+        ("certify.batch_size=0", "certify.batch_size must be >= 1, got 0"),
+        ("certify.stop=0", "certify.start/stop must satisfy 0 <= start < stop, got 0/0"),
+        ("certify.shard=3", "certify.shard must be in 0..shards-1, got shard=3, shards=1"),
     ],
 )
-def test_command_line_errors_are_one_clear_message(tmp_path, args, message):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gmcert.cli",
-            *args,
-            f"hydra.run.dir={tmp_path}/run",
-            f"paths.cache_dir={tmp_path}/cache",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_bad_certify_options_fail_before_any_work(make_cfg, monkeypatch, override, message):
+    """Caught when the run starts, in-process, before the data is even built."""
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was built before the options were checked")
+
+    monkeypatch.setitem(DATASET_BUILDERS, "digits", no_data)
+    with pytest.raises(ValueError, match=message):
+        run(make_cfg("certify=closed_form", override))
+
+
+# Each error is its own process, run side by side (most of each is importing torch): a
+# composition error and a value error in the fast suite, two more of each kind in test-full.
+CLI_ERRORS = [
+    (["encoder=nope"], "Could not find 'encoder/nope'"),
+    (["certify.radii=[-1]"], "certify.radii must be a non-empty list of radii >= 0"),
+]
+MORE_CLI_ERRORS = [
+    (["certify.radii=oops"], "certify.radii"),
+    (["certify.norm=l3"], "certify.norm must be one of"),
+]
+
+
+def check_command_line_errors(tmp_path, cases):
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gmcert.cli",
+                *args,
+                f"hydra.run.dir={tmp_path}/run{i}",
+                f"paths.cache_dir={tmp_path}/cache",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (args, _) in enumerate(cases)
+    ]
+    for proc, (args, message) in zip(procs, cases, strict=True):
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode != 0, args
+        assert message in stderr, (args, stderr[-2000:])
+        assert "Traceback" not in stderr, (args, stderr[-2000:])
+
+
+def test_command_line_errors_are_one_clear_message(tmp_path):
+    check_command_line_errors(tmp_path, CLI_ERRORS)
+
+
+@pytest.mark.slow
+def test_more_command_line_errors_are_one_clear_message(tmp_path):
+    check_command_line_errors(tmp_path, MORE_CLI_ERRORS)

@@ -1,4 +1,5 @@
-"""Smoke sweep: every experiment config runs end to end on tiny data, as a multirun.
+"""Smoke sweep: every experiment config runs end to end on tiny data, as a multirun (slow:
+one process per sweep), and the embedded ones also in-process (fast).
 
 The paper-scale configs run on fake CIFAR-10 / ImageNet written in the real on-disk formats
 and on random-init encoders at 32 px: the same code path as real data and weights.
@@ -11,9 +12,9 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import CONFIGS
-from test_vision_data import write_cifar10, write_imagenet
+from conftest import CONFIGS, write_cifar10, write_imagenet
 
+from gmcert.pipeline import run
 from gmcert.report.sweep import report
 
 TINY = [
@@ -25,7 +26,7 @@ TINY = [
     "certify.noise_batch=64",
 ]
 PER_EXPERIMENT = {
-    "digits": [],
+    "digits": ["certify.noise_batch=1280"],  # 20 points per forward pass, not 1
     "synthetic_exact": ["dataset.separation=3.0", "dataset.n_train=300", "dataset.n_test=200"],
     "eps_controlled": ["dataset.nu=5", "dataset.n_train=300", "dataset.n_test=200"],
     "cifar10_vit": ["certify.sigma=0.25", "encoder.weights=random", "encoder.image_size=32"],
@@ -52,6 +53,7 @@ def fake_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(PER_EXPERIMENT))
 def test_experiment_runs_as_a_sweep_on_tiny_data(experiment, tmp_path, fake_data):
     sweep = tmp_path / "sweep"
@@ -88,3 +90,34 @@ def test_experiment_runs_as_a_sweep_on_tiny_data(experiment, tmp_path, fake_data
         assert "cohen2019_published" in set(table["method"])
     result = report([sweep], tmp_path / "report")
     assert {r.status for r in result["runs"]} == {"complete"}
+
+
+# The experiments on embedded data, in-process: the fast suite still runs each config's job.
+# The attack stage has its own tests (test_attack.py, test_input_attack.py).
+IN_PROCESS = {
+    "digits": [
+        "certify.methods=[closed_form,smoothing_gmm]",
+        "divergence.enabled=false",
+        "attack.enabled=false",
+    ],
+    "synthetic_exact": ["attack.enabled=false"],
+    "eps_controlled": ["attack.enabled=false"],
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(IN_PROCESS))
+def test_embedded_experiment_runs_in_process(experiment, make_cfg):
+    cfg = make_cfg(
+        f"experiment={experiment}",
+        *TINY,
+        *PER_EXPERIMENT[experiment],
+        *IN_PROCESS[experiment],
+    )
+    metrics = run(cfg)
+    table = pd.read_csv(f"{cfg.paths.output_dir}/certified_accuracy.csv")
+    closed = table[table["method"] == "closed_form"]
+    assert closed["radius"].tolist() == list(cfg.certify.radii)
+    assert closed["certified_accuracy"].is_monotonic_decreasing
+    assert metrics["methods"]["closed_form"]["clean_accuracy"] > 0.5
+    if cfg.divergence.enabled:
+        assert "verdict" in metrics["divergence"]

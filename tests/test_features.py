@@ -14,6 +14,7 @@ def test_second_run_hits_the_cache_and_a_truncated_entry_is_rebuilt(make_cfg, tm
         cfg = make_cfg(
             "certify=closed_form",
             "divergence.enabled=false",
+            "attack.enabled=false",
             "certify.population_samples=0",
             *overrides,
         )

@@ -51,7 +51,7 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
         p.write_text("half")
         raise RuntimeError("killed")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^killed$"):
         atomic_write(path, crash)
     assert path.read_text().strip().startswith("{")
     assert os.listdir(tmp_path) == ["metrics.json"]  # no temporary left behind

@@ -110,10 +110,21 @@ def test_bad_arguments():
         LinearCertifier(np.eye(2), np.zeros(2), norm="l3")
     with pytest.raises(ValueError, match="M must be"):
         LinearCertifier(np.eye(2), np.zeros(3))
-    with pytest.raises(ValueError, match="no CUDA device"):
-        if torch.cuda.is_available():
-            raise ValueError("no CUDA device (skipped: CUDA present)")
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu' or 'cuda\[:i\]'"):
+        LinearCertifier(np.eye(2), np.zeros(2), device="tpu")
+
+
+def test_cuda_without_a_visible_device_is_a_clear_error(monkeypatch):
+    """Whatever the machine has: with no CUDA device visible, ``cuda`` is refused by name and
+    ``auto`` falls back to the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device='cuda' was asked for but no CUDA device"):
         LinearCertifier(np.eye(2), np.zeros(2), device="cuda")
+    auto = LinearCertifier(np.eye(2), np.zeros(2), device="auto")
+    assert auto.device == torch.device("cpu")
+    pred, radius = auto.certify(np.array([[2.0, 1.0]]))
+    assert pred.device.type == "cpu" and pred.item() == 0
+    np.testing.assert_allclose(radius.item(), 1.0 / np.sqrt(2.0), rtol=1e-12)
 
 
 @pytest.mark.gpu

@@ -457,27 +457,27 @@ def test_unshrunk_shared_needs_degrees_of_freedom():
 
 def test_unknown_family_and_shrinkage_list_the_options(data):
     X, y = data
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ValueError, match="unknown covariance family 'spherical'") as e:
         G(covariance="spherical").fit(X, y)
     assert all(family in str(e.value) for family in COVARIANCE_FAMILIES)
     for bad in ("auto", 1.5, -0.1, True, [0.1]):
-        with pytest.raises(ValueError) as e:
+        with pytest.raises(ValueError, match="unknown shrinkage|a fixed shrinkage must be") as e:
             G(shrinkage=bad).fit(X, y)
         assert all(rule in str(e.value) for rule in SHRINKAGE_RULES), bad
 
 
 @pytest.mark.parametrize(
-    "params",
+    "params, match",
     [
-        dict(reg_covar=-1.0),
-        dict(tau=-0.1),
-        dict(covariance="full", tau=0.1),
-        dict(chunk_size=0),
-        dict(covariance="lowrank", rank=0),
+        (dict(reg_covar=-1.0), "reg_covar must be a number >= 0, got -1.0"),
+        (dict(tau=-0.1), "tau must be a number >= 0, got -0.1"),
+        (dict(covariance="full", tau=0.1), r"tau \(the robust linear rule\) needs a shared"),
+        (dict(chunk_size=0), "chunk_size must be an integer >= 1, got 0"),
+        (dict(covariance="lowrank", rank=0), "rank must be an integer >= 1, got 0"),
     ],
 )
-def test_bad_parameters(data, params):
-    with pytest.raises(ValueError):
+def test_bad_parameters(data, params, match):
+    with pytest.raises(ValueError, match=match):
         G(**params).fit(*data)
 
 

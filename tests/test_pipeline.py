@@ -13,6 +13,8 @@ from gmcert.data.digits import build_digits
 from gmcert.io import PredictionLog
 from gmcert.pipeline import run
 
+# The closed-form certificate alone: no eps estimation, no attack stage.
+CLOSED_FORM_ONLY = ["certify=closed_form", "divergence.enabled=false", "attack.enabled=false"]
 TABLE_COLUMNS = [
     "method",
     "norm",
@@ -27,7 +29,16 @@ TABLE_COLUMNS = [
 
 
 def test_default_run_writes_every_output(make_cfg):
-    cfg = make_cfg("certify.n=200", "certify.n0=20")  # the default, with fewer noise draws
+    # The default, lighter: fewer noise draws (more points per noise batch), one noisy copy
+    # per train point for the noise-trained heads, a shorter attack.
+    cfg = make_cfg(
+        "certify.n=200",
+        "certify.n0=20",
+        "certify.noise_batch=4000",
+        "certify.noise_copies=1",
+        "attack.steps=10",
+        "attack.restarts=1",
+    )
     metrics = run(cfg)
     out = cfg.paths.output_dir
     table = pd.read_csv(f"{out}/certified_accuracy.csv")
@@ -61,6 +72,7 @@ def test_default_run_writes_every_output(make_cfg):
         "encode",
         "fit",
         "certify",
+        "attack",
         "evaluate",
         "divergence",
     }
@@ -75,7 +87,7 @@ def test_default_run_writes_every_output(make_cfg):
 
 
 def test_rerun_in_same_folder_resumes_without_duplicates(make_cfg):
-    cfg = make_cfg("certify=closed_form", "certify.stop=100")
+    cfg = make_cfg(*CLOSED_FORM_ONLY, "certify.stop=100")
     run(cfg)
     first = pd.read_csv(f"{cfg.paths.output_dir}/predictions.csv")
     cfg.certify.stop = None  # the same job, extended to every test point
@@ -88,15 +100,15 @@ def test_rerun_in_same_folder_resumes_without_duplicates(make_cfg):
 
 
 def test_folder_of_another_config_is_refused(make_cfg):
-    run(make_cfg("certify=closed_form"))
+    run(make_cfg(*CLOSED_FORM_ONLY))
     with pytest.raises(ValueError, match="different configuration"):
-        run(make_cfg("certify=closed_form", "mixture.shrinkage=oas"))
+        run(make_cfg(*CLOSED_FORM_ONLY, "mixture.shrinkage=oas"))
 
 
 def test_synthetic_encoders_and_pca(make_cfg):
     metrics = run(
         make_cfg(
-            "certify=closed_form",
+            *CLOSED_FORM_ONLY,
             "dataset=synthetic",
             "dataset.dim=4",
             "encoder=pca",

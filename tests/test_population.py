@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gmcert.certify import certify_latents
+from gmcert.certify.latent import certify_latents
 from gmcert.certify.linear import LinearCertifier
 from gmcert.models.mixture import GaussianMixtureClassifier, sample_gaussian_mixture
-from gmcert.population.accuracy import two_class_certified_accuracy
-from gmcert.report.table import population_certified_accuracy
+from gmcert.population.accuracy import population_certified_accuracy, two_class_certified_accuracy
 
 
 def bayes_head(means, cov):

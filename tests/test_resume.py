@@ -1,5 +1,8 @@
 """Kill-and-resume: a run SIGKILLed mid-certification, restarted in its folder, ends with
-exactly the predictions of an uninterrupted run: no duplicates, nothing lost, no torn file."""
+exactly the predictions of an uninterrupted run: no duplicates, nothing lost, no torn file.
+
+Slow (three processes); the fast suite covers resuming in-process (test_pipeline) and the torn
+last line (test_io)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 ARGS = [
     "certify.methods=[smoothing_gmm]",
@@ -43,6 +47,7 @@ def rows_written(path):
         return 0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     proc = start(killed, tmp_path / "cache")

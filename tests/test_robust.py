@@ -1,4 +1,4 @@
-"""The optimal robust linear rule and the K-class ceiling (THEORY.md sections 2 and 5).
+"""The optimal robust linear rule and the K-class ceiling (docs/theory.md sections 2 and 5).
 
 Independent references: a direct numerical minimisation of the robust error of linear rules
 (direction and offset), closed forms in the isotropic case, Monte Carlo with exact worst-case
@@ -184,21 +184,21 @@ def test_monte_carlo_robust_error_of_the_rule():
 
 def test_rejects_bad_input():
     cov, mu = np.eye(2), np.array([1.0, 0.0])
-    with pytest.raises(ValueError, match="l2"):
+    with pytest.raises(ValueError, match="for the l2 threat model only, got norm='linf'"):
         optimal_robust_error(cov, mu, 0.1, norm="linf")
-    with pytest.raises(ValueError, match="positive definite"):
+    with pytest.raises(ValueError, match="cov must be positive definite"):
         optimal_robust_error(np.diag([1.0, 0.0]), mu, 0.1)
-    with pytest.raises(ValueError, match="symmetric"):
+    with pytest.raises(ValueError, match="cov must be symmetric"):
         robust_tau(np.array([[1.0, 0.5], [0.0, 1.0]]), mu, 0.1)
-    with pytest.raises(ValueError, match="rho"):
+    with pytest.raises(ValueError, match="rho must be a finite radius >= 0, got -0.1"):
         robust_tau(cov, mu, -0.1)
-    with pytest.raises(ValueError, match="mu"):
+    with pytest.raises(ValueError, match=r"mu must have shape \(2,\), got \(3,\)"):
         robust_tau(cov, np.ones(3), 0.1)
-    with pytest.raises(ValueError, match="impossible"):
+    with pytest.raises(ValueError, match="robust classification is impossible"):
         robust_direction(cov, mu, 1.0)
-    with pytest.raises(ValueError, match="priors"):
+    with pytest.raises(ValueError, match="priors must be 2 non-negative numbers summing to 1"):
         pairwise_robust_accuracy_ceiling(np.eye(2), cov, [0.7, 0.7], 0.1)
-    with pytest.raises(ValueError, match="l2"):
+    with pytest.raises(ValueError, match="for the l2 threat model only, got norm='l1'"):
         pairwise_robust_accuracy_ceiling(np.eye(2), cov, [0.5, 0.5], 0.1, norm="l1")
 
 

@@ -1,4 +1,8 @@
-"""Sweeps: split certification merges exactly, bad jobs never sink a sweep or a report."""
+"""Sweeps: split certification merges exactly, bad jobs never sink a sweep or a report.
+
+The multirun tests launch real sweeps (one process per job) and are slow; the merge and the
+report are also checked in-process, on shards run by `run(...)` in one process.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,18 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
+from conftest import compose_config
 
 from gmcert.pipeline import run
 from gmcert.report.sweep import report
 
-FAST = ["certify=closed_form", "certify.population_samples=2000", "divergence.enabled=false"]
+FAST = [
+    "certify=closed_form",
+    "certify.population_samples=2000",
+    "divergence.enabled=false",
+    "attack.enabled=false",
+]
 
 
 def gmcert_run(*args, cwd):
@@ -26,7 +37,34 @@ def gmcert_run(*args, cwd):
     return proc
 
 
-def test_split_over_three_jobs_merges_to_the_unsplit_table(tmp_path, make_cfg):
+@pytest.fixture(scope="module")
+def unsplit(tmp_path_factory):
+    """One unsplit run, shared by the tests that compare against it or report on it."""
+    cfg = compose_config(tmp_path_factory.mktemp("unsplit"), FAST)
+    run(cfg)
+    return cfg
+
+
+def test_shards_run_in_process_merge_to_the_unsplit_table(tmp_path, unsplit):
+    for shard in range(3):
+        cfg = compose_config(tmp_path, [*FAST, "certify.shards=3", f"certify.shard={shard}"])
+        cfg.paths.output_dir = str(tmp_path / "split" / str(shard))
+        metrics = run(cfg)
+        assert metrics["certified_points"] == 120
+    parts = [pd.read_csv(tmp_path / "split" / str(i) / "predictions.csv") for i in range(3)]
+    indices = [set(p["index"]) for p in parts]
+    assert sum(map(len, indices)) == 360 and len(set.union(*indices)) == 360
+    table = pd.read_csv(f"{unsplit.paths.output_dir}/certified_accuracy.csv")
+    merged = report([tmp_path / "split"], tmp_path / "report")["combined"]
+    assert merged["run"].nunique() == 1 and "merged 3 parts" in merged["run"].iloc[0]
+    pd.testing.assert_frame_equal(merged.drop(columns="run"), table, check_exact=False, rtol=1e-12)
+    # Each part's own table differs from the whole: the merge recomputes, it does not copy.
+    part = pd.read_csv(tmp_path / "split" / "0" / "certified_accuracy.csv")
+    assert (part["n"] == 120).all() and (table["n"] == 360).all()
+
+
+@pytest.mark.slow
+def test_split_over_three_jobs_merges_to_the_unsplit_table(tmp_path, unsplit):
     gmcert_run(
         "-m",
         "hydra/launcher=submitit_local",
@@ -41,19 +79,14 @@ def test_split_over_three_jobs_merges_to_the_unsplit_table(tmp_path, make_cfg):
     assert sum(map(len, parts)) == 360
     assert not set(parts[0]["index"]) & set(parts[1]["index"])
 
-    cfg = make_cfg(*FAST)
-    run(cfg)
-    unsplit = pd.read_csv(f"{cfg.paths.output_dir}/certified_accuracy.csv")
+    table = pd.read_csv(f"{unsplit.paths.output_dir}/certified_accuracy.csv")
     merged = report([tmp_path / "split"], tmp_path / "report")["combined"]
     assert merged["run"].nunique() == 1 and "merged 3 parts" in merged["run"].iloc[0]
-    pd.testing.assert_frame_equal(
-        merged.drop(columns="run"), unsplit, check_exact=False, rtol=1e-12
-    )
+    pd.testing.assert_frame_equal(merged.drop(columns="run"), table, check_exact=False, rtol=1e-12)
 
 
-def test_report_lists_failed_and_half_written_runs(tmp_path, make_cfg):
-    good = make_cfg(*FAST)
-    run(good)
+def test_report_lists_failed_and_half_written_runs(tmp_path, unsplit):
+    good = unsplit
     sweep = tmp_path / "sweep"
     (sweep / "failed").mkdir(parents=True)
     (sweep / "failed" / "failed.json").write_text(json.dumps({"error": "ValueError: boom"}))
@@ -74,6 +107,7 @@ def test_report_lists_failed_and_half_written_runs(tmp_path, make_cfg):
     assert r"\textbf{" in tex and r"\begin{tabular}" in tex
 
 
+@pytest.mark.slow
 def test_sweep_survives_a_failing_job(tmp_path):
     gmcert_run(
         "-m",

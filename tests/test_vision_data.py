@@ -1,93 +1,24 @@
 """CIFAR-10 and ImageNet builders on small fakes written in the real on-disk formats.
 
-Nothing here downloads: the CIFAR-10 download path is exercised with a stand-in for
-torchvision's CIFAR10 class that writes the fake batches.
+The fakes (``write_cifar10``, ``write_imagenet``) live in conftest.py.  Nothing here
+downloads: the CIFAR-10 download path is exercised with a stand-in for torchvision's CIFAR10
+class that writes the fake batches.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGENET_TRAIN_COUNTS, IMAGENET_WNIDS, write_cifar10, write_imagenet
 from PIL import Image
 
-from gmcert.data import vision
+from gmcert.data.cifar10 import CIFAR10_CLASSES, build_cifar10
+from gmcert.data.imagenet import build_imagenet, imagenet_transform
 
-CIFAR_NAMES = list(vision.CIFAR10_CLASSES)
-WNIDS = ["n01440764", "n01443537", "n01484850"]
-TRAIN_COUNTS = [4, 3, 5]
-VAL_PER_CLASS = 3
-
-
-# --------------------------------------------------------------------------------------------
-# Fakes in the real formats
-# --------------------------------------------------------------------------------------------
-
-
-def write_cifar10(root: Path, *, per_batch: int = 20, n_test: int = 40, seed: int = 0) -> dict:
-    """Write cifar-10-batches-py/ as the real archive has it: Python pickles, protocol 2,
-    'data' uint8 (n, 3072) channel-major, 'labels' list of ints, batches.meta label_names."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    truth = {"train_data": [], "train_labels": []}
-
-    def dump(name: str, data: np.ndarray, labels: np.ndarray) -> None:
-        # Python-2 str keys, which Python 3 reads back as str with encoding="latin1".
-        batch = {
-            "batch_label": name,
-            "labels": labels.tolist(),
-            "data": data,
-            "filenames": [f"{i}.png" for i in range(len(labels))],
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-
-    for i in range(1, 6):
-        labels = rng.permutation(np.arange(per_batch) % 10)
-        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-        dump(f"data_batch_{i}", data, labels)
-        truth["train_data"].append(data)
-        truth["train_labels"].append(labels)
-    test_labels = rng.permutation(np.arange(n_test) % 10)
-    test_data = rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)
-    dump("test_batch", test_data, test_labels)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(
-            {"label_names": CIFAR_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072},
-            f,
-            protocol=2,
-        )
-    return {
-        "train_data": np.concatenate(truth["train_data"]),
-        "train_labels": np.concatenate(truth["train_labels"]),
-        "test_data": test_data,
-        "test_labels": test_labels,
-    }
-
-
-def write_imagenet(root: Path, *, seed: int = 0) -> None:
-    """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG for 3 wnids, varied sizes and modes."""
-    rng = np.random.default_rng(seed)
-    for split, counts in (("train", TRAIN_COUNTS), ("val", [VAL_PER_CLASS] * len(WNIDS))):
-        for c, (wnid, count) in enumerate(zip(WNIDS, counts, strict=True)):
-            folder = root / split / wnid
-            folder.mkdir(parents=True)
-            for k in range(count):
-                h, w = int(rng.integers(40, 300)), int(rng.integers(40, 300))
-                pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-                image = Image.fromarray(pixels)
-                if c == 1 and k == 0:
-                    image = image.convert("L")  # ImageNet has greyscale JPEGs
-                name = f"{wnid}_{k:04d}"
-                if c == 2 and k == 1:
-                    image.save(folder / f"{name}.png")
-                else:
-                    image.save(folder / f"{name}.JPEG", quality=90)
-            (folder / "notes.txt").write_text("not an image")
+CIFAR_NAMES = list(CIFAR10_CLASSES)
 
 
 @pytest.fixture
@@ -115,7 +46,7 @@ def test_cifar10_matches_torchvision_reader(cifar_root, monkeypatch):
     root, _ = cifar_root
     # The fake files cannot match the real MD5 sums; torchvision's reader is otherwise intact.
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
-    data = vision.build_cifar10(root=root)
+    data = build_cifar10(root=root)
     for train, split in ((True, data.train), (False, data.test)):
         ref = tv_cifar.CIFAR10(str(root), train=train, transform=transforms.ToTensor())
         assert len(split.inputs) == len(ref)
@@ -131,7 +62,7 @@ def test_cifar10_matches_torchvision_reader(cifar_root, monkeypatch):
 
 def test_cifar10_contents_and_subset_protocol(cifar_root):
     root, truth = cifar_root
-    data = vision.build_cifar10(root=root, skip=3, max=5, train_max=7)
+    data = build_cifar10(root=root, skip=3, max=5, train_max=7)
     assert data.name == "cifar10" and data.num_classes == 10 and data.class_names == CIFAR_NAMES
     np.testing.assert_array_equal(data.test.indices, [0, 3, 6, 9, 12])
     np.testing.assert_array_equal(data.test.labels, truth["test_labels"][[0, 3, 6, 9, 12]])
@@ -149,21 +80,21 @@ def test_cifar10_contents_and_subset_protocol(cifar_root):
     assert array.shape == (5, 3, 32, 32) and array.dtype == np.float32
     assert 0.0 <= array.min() and array.max() <= 1.0
     # The literature's protocol: every 20th test image.
-    full = vision.build_cifar10(root=root, skip=20)
+    full = build_cifar10(root=root, skip=20)
     np.testing.assert_array_equal(full.test.indices, [0, 20])
     assert len(full.train.labels) == 100
 
 
 def test_cifar10_accepts_the_batches_folder_itself(cifar_root):
     root, truth = cifar_root
-    data = vision.build_cifar10(root=root / "cifar-10-batches-py", max=3)
+    data = build_cifar10(root=root / "cifar-10-batches-py", max=3)
     np.testing.assert_array_equal(data.test.labels, truth["test_labels"][:3])
 
 
 def test_cifar10_missing_root_says_what_and_how(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError) as err:
-        vision.build_cifar10(root=missing)
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found under dataset.root=") as err:
+        build_cifar10(root=missing)
     message = str(err.value)
     assert str(missing) in message and "cifar-10-batches-py" in message
     assert "dataset.download=true" in message and "data_batch_1" in message
@@ -180,24 +111,37 @@ def test_cifar10_downloads_only_when_asked(tmp_path, monkeypatch):
             write_cifar10(Path(root))
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    with pytest.raises(FileNotFoundError):
-        vision.build_cifar10(root=tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found"):
+        build_cifar10(root=tmp_path / "c")
     assert calls == []
-    data = vision.build_cifar10(root=tmp_path / "c", download=True, max=4)
+    data = build_cifar10(root=tmp_path / "c", download=True, max=4)
     assert calls == [(str(tmp_path / "c"), True, True)]
     assert len(data.test.labels) == 4
-    vision.build_cifar10(root=tmp_path / "c", download=True)  # present: no second download
+    build_cifar10(root=tmp_path / "c", download=True)  # present: no second download
     assert len(calls) == 1
 
 
-def test_cifar10_bad_arguments_and_corrupt_files(cifar_root):
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"skip": 0}, "skip must be a positive integer, got 0"),
+        ({"max": 0}, "max must be a positive integer or None, got 0"),
+        ({"train_max": -1}, "train_max must be a positive integer or None, got -1"),
+        ({"skip": 2.5}, "skip must be a positive integer, got 2.5"),
+        ({"max": True}, "max must be a positive integer or None, got True"),
+    ],
+)
+def test_cifar10_bad_arguments(cifar_root, kwargs, message):
     root, _ = cifar_root
-    for kwargs in ({"skip": 0}, {"max": 0}, {"train_max": -1}, {"skip": 2.5}, {"max": True}):
-        with pytest.raises(ValueError):
-            vision.build_cifar10(root=root, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        build_cifar10(root=root, **kwargs)
+
+
+def test_cifar10_corrupt_batch_names_the_file(cifar_root):
+    root, _ = cifar_root
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="data_batch_3"):
-        vision.build_cifar10(root=root)
+        build_cifar10(root=root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,11 +153,11 @@ def test_imagenet_matches_imagefolder(imagenet_root):
     """Order, labels and tensors equal torchvision's ImageFolder with the same transform."""
     from torchvision.datasets import ImageFolder
 
-    data = vision.build_imagenet(root=imagenet_root)
-    transform = vision.imagenet_transform()
+    data = build_imagenet(root=imagenet_root)
+    transform = imagenet_transform()
     for split_name, split in (("train", data.train), ("val", data.test)):
         ref = ImageFolder(str(imagenet_root / split_name), transform=transform)
-        assert ref.classes == WNIDS
+        assert ref.classes == IMAGENET_WNIDS
         np.testing.assert_array_equal(split.labels, np.asarray(ref.targets))
         np.testing.assert_array_equal(split.indices, np.arange(len(ref)))
         for i in (0, 3, len(ref) - 1):
@@ -223,11 +167,11 @@ def test_imagenet_matches_imagefolder(imagenet_root):
             assert ours.shape == (3, 224, 224) and ours.dtype == torch.float32
             torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
             assert 0.0 <= float(ours.min()) and float(ours.max()) <= 1.0
-    assert data.name == "imagenet" and data.num_classes == 3 and data.class_names == WNIDS
+    assert data.name == "imagenet" and data.num_classes == 3 and data.class_names == IMAGENET_WNIDS
 
 
 def test_imagenet_subset_protocol_and_train_cap(imagenet_root):
-    data = vision.build_imagenet(root=imagenet_root, skip=2, max=3, train_per_class=2)
+    data = build_imagenet(root=imagenet_root, skip=2, max=3, train_per_class=2)
     # val order: 3 images of class 0, then class 1, then class 2.
     np.testing.assert_array_equal(data.test.indices, [0, 2, 4])
     np.testing.assert_array_equal(data.test.labels, [0, 0, 1])
@@ -246,8 +190,8 @@ def test_imagenet_labels_without_decoding(imagenet_root, monkeypatch):
         raise AssertionError("an image was decoded while building the index")
 
     monkeypatch.setattr(PIL.Image, "open", refuse)
-    data = vision.build_imagenet(root=imagenet_root, skip=100)
-    assert len(data.train.labels) == sum(TRAIN_COUNTS) and len(data.test.labels) == 1
+    data = build_imagenet(root=imagenet_root, skip=100)
+    assert len(data.train.labels) == sum(IMAGENET_TRAIN_COUNTS) and len(data.test.labels) == 1
 
 
 def test_imagenet_class_names_from_mapping_file(imagenet_root):
@@ -255,25 +199,25 @@ def test_imagenet_class_names_from_mapping_file(imagenet_root):
         "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
         "n01484850 great white shark, white shark\n"
     )
-    data = vision.build_imagenet(root=imagenet_root, max=1)
+    data = build_imagenet(root=imagenet_root, max=1)
     assert data.class_names == ["tench", "goldfish", "great white shark"]
 
 
 def test_imagenet_missing_folders(tmp_path, imagenet_root):
     with pytest.raises(FileNotFoundError, match="train/ and val/"):
-        vision.build_imagenet(root=tmp_path / "absent")
+        build_imagenet(root=tmp_path / "absent")
     (imagenet_root / "val").rename(imagenet_root / "validation")
-    with pytest.raises(FileNotFoundError) as err:
-        vision.build_imagenet(root=imagenet_root)
+    with pytest.raises(FileNotFoundError, match="is missing; expected") as err:
+        build_imagenet(root=imagenet_root)
     assert str(imagenet_root / "val") in str(err.value) and "<wnid>" in str(err.value)
 
 
 def test_imagenet_empty_class_folder(imagenet_root):
-    folder = imagenet_root / "val" / WNIDS[1]
+    folder = imagenet_root / "val" / IMAGENET_WNIDS[1]
     for f in folder.iterdir():
         f.unlink()
-    with pytest.raises(ValueError) as err:
-        vision.build_imagenet(root=imagenet_root)
+    with pytest.raises(ValueError, match="class folders without images") as err:
+        build_imagenet(root=imagenet_root)
     assert str(folder) in str(err.value)
 
 
@@ -281,33 +225,42 @@ def test_imagenet_mismatched_classes(imagenet_root):
     extra = imagenet_root / "train" / "n09999999"
     extra.mkdir()
     Image.new("RGB", (50, 50)).save(extra / "x.JPEG")
-    with pytest.raises(ValueError) as err:
-        vision.build_imagenet(root=imagenet_root)
+    with pytest.raises(ValueError, match="must hold the same class folders") as err:
+        build_imagenet(root=imagenet_root)
     assert "n09999999" in str(err.value) and "only in train" in str(err.value)
 
 
 def test_imagenet_flat_val_folder(tmp_path):
     root = tmp_path / "inet"
-    (root / "train" / WNIDS[0]).mkdir(parents=True)
-    Image.new("RGB", (50, 50)).save(root / "train" / WNIDS[0] / "a.JPEG")
+    (root / "train" / IMAGENET_WNIDS[0]).mkdir(parents=True)
+    Image.new("RGB", (50, 50)).save(root / "train" / IMAGENET_WNIDS[0] / "a.JPEG")
     (root / "val").mkdir()
     Image.new("RGB", (50, 50)).save(root / "val" / "ILSVRC2012_val_00000001.JPEG")
     with pytest.raises(ValueError, match="one folder per class"):
-        vision.build_imagenet(root=root)
+        build_imagenet(root=root)
 
 
 def test_imagenet_undecodable_image_names_the_file(imagenet_root):
-    bad = imagenet_root / "val" / WNIDS[0] / f"{WNIDS[0]}_0000.JPEG"
+    bad = imagenet_root / "val" / IMAGENET_WNIDS[0] / f"{IMAGENET_WNIDS[0]}_0000.JPEG"
     bad.write_bytes(b"not a jpeg")
-    data = vision.build_imagenet(root=imagenet_root)
+    data = build_imagenet(root=imagenet_root)
     with pytest.raises(ValueError, match="cannot decode"):
         data.test.inputs[0]
 
 
-def test_imagenet_bad_arguments(imagenet_root):
-    for kwargs in ({"skip": 0}, {"max": -3}, {"train_per_class": 0}, {"crop_size": 300}):
-        with pytest.raises(ValueError):
-            vision.build_imagenet(root=imagenet_root, **kwargs)
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"skip": 0}, "skip must be a positive integer, got 0"),
+        ({"max": -3}, "max must be a positive integer or None, got -3"),
+        ({"train_per_class": 0}, "train_per_class must be a positive integer or None, got 0"),
+        ({"crop_size": 300}, "crop_size 300 exceeds resize_size 256"),
+    ],
+)
+def test_imagenet_bad_arguments(tmp_path, kwargs, message):
+    # Arguments are checked before the disk is read: no fake dataset is needed.
+    with pytest.raises(ValueError, match=message):
+        build_imagenet(root=tmp_path / "absent", **kwargs)
 
 
 def test_dataset_registry_reaches_these_builders(cifar_root):

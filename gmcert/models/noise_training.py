@@ -22,6 +22,7 @@ import numbers
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
+from torch.utils.data import Dataset
 
 from gmcert.device import resolve_device
 from gmcert.models.mixture import GaussianMixtureClassifier
@@ -139,7 +140,8 @@ def noisy_latents(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encodings of ``copies`` noisy copies ``x + e`` of each input, with their labels.
 
-    ``inputs`` (n, *input_shape) array or tensor, pixels in [0, 1]; ``labels`` (n,). Noise
+    ``inputs`` (n, *input_shape) array or tensor, or a Dataset of (image, label) read one batch
+    at a time (an image folder is never held whole), pixels in [0, 1]; ``labels`` (n,). Noise
     e ~ N(0, sigma^2 I) is drawn on the CPU by a torch generator seeded with ``seed``, so the
     result is deterministic for given (``seed``, ``batch_size``) on any ``device``; noisy
     inputs are not clipped. The encoder is put in eval mode and moved to ``device`` (as
@@ -157,19 +159,29 @@ def noisy_latents(
     device = resolve_device(device)
     tensors = [*encoder.parameters(), *encoder.buffers()]
     dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
-    x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
-    x = x.to(dtype=dtype)
+    if isinstance(inputs, Dataset):
+        n = len(inputs)
+
+        def rows(start, stop):
+            return torch.stack([inputs[i][0] for i in range(start, stop)]).to(dtype=dtype)
+    else:
+        x = torch.as_tensor(inputs if isinstance(inputs, torch.Tensor) else np.asarray(inputs))
+        x, n = x.to(dtype=dtype), len(x)
+        if x.ndim < 2 or n == 0:
+            raise ValueError(f"inputs must be a non-empty batch (n, *input_shape), got {x.shape}")
+
+        def rows(start, stop):
+            return x[start:stop]
+
     labels = np.asarray(labels)
-    if x.ndim < 2 or len(x) == 0:
-        raise ValueError(f"inputs must be a non-empty batch (n, *input_shape), got {x.shape}")
-    if labels.shape != (len(x),):
-        raise ValueError(f"labels must have shape ({len(x)},) like inputs, got {labels.shape}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) like inputs, got {labels.shape}")
     encoder = encoder.eval().to(device)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     chunks = []
     for _ in range(copies):
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size]
+        for start in range(0, n, batch_size):
+            batch = rows(start, min(start + batch_size, n))
             noise = torch.randn(batch.shape, generator=generator, dtype=dtype).mul_(sigma)
             chunks.append(encoder((batch + noise).to(device)).cpu())
     return torch.cat(chunks).numpy(), np.tile(labels, copies)
