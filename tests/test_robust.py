@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import optimize, special, stats
 
-from gmcert.population.accuracy import optimal_robust_accuracy, two_class_certified_accuracy
+from gmcert.population.accuracy import two_class_certified_accuracy
 from gmcert.population.ceiling import (
     _exact_matching,
     _greedy_matching,
@@ -22,7 +22,6 @@ from gmcert.population.ceiling import (
     optimal_robust_error,
     pairwise_robust_accuracy_ceiling,
     pairwise_robust_error_lower_bound,
-    robust_direction,
     robust_tau,
 )
 
@@ -31,6 +30,15 @@ def random_cov(dim, rng, condition=10.0):
     q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     spectrum = np.exp(rng.uniform(0, np.log(condition), dim))
     return q @ np.diag(spectrum) @ q.T
+
+
+def robust_direction(cov, mu, rho):
+    """h = (Sigma + tau I)^-1 mu, the optimal robust rule's normal (docs/theory.md section 2)."""
+    return np.linalg.solve(cov + robust_tau(cov, mu, rho) * np.eye(len(mu)), mu)
+
+
+def optimal_robust_accuracy(mu0, mu1, cov, radii):
+    return 1.0 - optimal_robust_error(cov, 0.5 * (np.asarray(mu1) - np.asarray(mu0)), radii)
 
 
 def linear_robust_error(w, b, cov, mu, rho, prior_plus=0.5):
@@ -194,8 +202,7 @@ def test_rejects_bad_input():
         robust_tau(cov, mu, -0.1)
     with pytest.raises(ValueError, match=r"mu must have shape \(2,\), got \(3,\)"):
         robust_tau(cov, np.ones(3), 0.1)
-    with pytest.raises(ValueError, match="robust classification is impossible"):
-        robust_direction(cov, mu, 1.0)
+    assert robust_tau(cov, mu, impossibility_radius(mu)) == math.inf
     with pytest.raises(ValueError, match="priors must be 2 non-negative numbers summing to 1"):
         pairwise_robust_accuracy_ceiling(np.eye(2), cov, [0.7, 0.7], 0.1)
     with pytest.raises(ValueError, match="for the l2 threat model only, got norm='l1'"):

@@ -8,7 +8,6 @@ from scipy import linalg, stats
 
 from gmcert.certify.latent import certify_latents
 from gmcert.certify.norms import DUAL_EXPONENT, check_norm
-from gmcert.population.ceiling import optimal_robust_error
 from gmcert.report.table import certified_accuracy
 
 
@@ -31,18 +30,6 @@ def two_class_certified_accuracy(
     a_dual = np.linalg.norm(direction, ord=DUAL_EXPONENT[norm])
     radii = np.asarray(radii, np.float64)
     return stats.norm.cdf(delta / 2 - radii * a_dual / delta)
-
-
-def optimal_robust_accuracy(mu0, mu1, cov, radii, *, norm: str = "l2") -> np.ndarray:
-    """The ceiling to report beside ``CA_Q(rho)``: the largest robust accuracy at l2 radius
-    ``rho`` of ANY classifier, two equiprobable classes ``N(mu0, Sigma)``, ``N(mu1, Sigma)``.
-
-    ``1 - Phi(-sqrt(h^T Sigma h))`` with ``h = (Sigma + tau I)^-1 (mu1 - mu0) / 2``
-    (docs/theory.md sections 2 and 5; 1/2 once ``rho >= ||mu1 - mu0|| / 2``). A classifier with
-    robust accuracy ``>= 1 - eta`` at ``rho`` exists iff this is ``>= 1 - eta``. l2 only.
-    """
-    half_gap = 0.5 * (np.asarray(mu1, np.float64) - np.asarray(mu0, np.float64))
-    return 1.0 - np.asarray(optimal_robust_error(cov, half_gap, radii, norm=norm))
 
 
 def population_certified_accuracy(

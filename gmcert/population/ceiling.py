@@ -21,7 +21,6 @@ from scipy import stats
 __all__ = [
     "impossibility_radius",
     "robust_tau",
-    "robust_direction",
     "optimal_robust_error",
     "pairwise_robust_error_lower_bound",
     "pairwise_robust_accuracy_ceiling",
@@ -47,22 +46,6 @@ def robust_tau(cov, mu, rho) -> float:
     spectrum, coords = _eigen_coordinates(cov, mu)
     rho = _radius(rho)
     return float(_solve_tau(spectrum, coords[None], np.array([rho]))[0])
-
-
-def robust_direction(cov, mu, rho) -> np.ndarray:
-    """``h = (Sigma + tau I)^-1 mu``, (d,): the optimal robust rule is ``sign(h^T (z - m))``
-    with ``m`` the midpoint of the means. Raises ``ValueError`` when ``rho >= ||mu||``, where
-    no direction beats a constant rule."""
-    cov = _covariance(cov)
-    mu = _vector(mu, "mu", cov.shape[0])
-    tau = robust_tau(cov, mu, rho)
-    if not np.isfinite(tau):
-        raise ValueError(
-            f"rho = {rho} >= ||mu|| = {np.linalg.norm(mu):.6g}: robust classification is "
-            "impossible (optimal robust error 1/2), so there is no robust direction; use a "
-            "smaller radius"
-        )
-    return np.linalg.solve(cov + tau * np.eye(cov.shape[0]), mu)
 
 
 def optimal_robust_error(cov, mu, rho, *, norm: str = "l2"):
