@@ -4,6 +4,8 @@ tmp_path), and small fake CIFAR-10 / ImageNet folders written in the real on-dis
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -181,3 +183,10 @@ def write_imagenet(root: Path, *, seed: int = 0) -> None:
                 else:
                     image.save(folder / f"{name}.JPEG", quality=90)
             (folder / "notes.txt").write_text("not an image")
+
+
+def start_cli(args, run_dir, cache_dir, **popen) -> subprocess.Popen:
+    """``gmcert-run ARGS`` in a subprocess, writing to ``run_dir`` with its own cache."""
+    command = [sys.executable, "-m", "gmcert.cli", *args]
+    command += [f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from conftest import CONFIGS, compose_config
+from conftest import CONFIGS, compose_config, start_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -87,19 +84,7 @@ MORE_CLI_ERRORS = [
 
 def check_command_line_errors(tmp_path, cases):
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gmcert.cli",
-                *args,
-                f"hydra.run.dir={tmp_path}/run{i}",
-                f"paths.cache_dir={tmp_path}/cache",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        start_cli(args, tmp_path / f"run{i}", tmp_path / "cache", text=True)
         for i, (args, _) in enumerate(cases)
     ]
     for proc, (args, message) in zip(procs, cases, strict=True):

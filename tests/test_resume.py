@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
+from conftest import start_cli
 
 ARGS = [
     "certify.methods=[smoothing_gmm]",
@@ -25,19 +24,7 @@ ARGS = [
 
 
 def start(run_dir, cache):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gmcert.cli",
-            *ARGS,
-            f"hydra.run.dir={run_dir}",
-            f"paths.cache_dir={cache}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    return start_cli(ARGS, run_dir, cache, start_new_session=True)
 
 
 def rows_written(path):
