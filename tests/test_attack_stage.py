@@ -80,7 +80,7 @@ def test_the_command_line_exits_non_zero_with_unsound(make_cfg, monkeypatch, cap
         "certify",
         lambda self, p: replace(honest(self, p), radius_input=honest(self, p).radius_input * 2),
     )
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=r"^3$") as exit_info:
         run_job(make_cfg(*FAST, "certify.stop=40"))
     assert exit_info.value.code == 3
     assert "UNSOUND" in capsys.readouterr().err
