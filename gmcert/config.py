@@ -67,6 +67,9 @@ class Cifar10Config(_ImageDatasetConfig):
     name: str = "cifar10"
     download: bool = False
     train_max: int | None = None
+    # true: check the official MD5s; false: your own data; null: check whenever the files
+    # are official-sized (smaller ones are read with a warning). Always unpickled safely.
+    verify_checksums: Any = None
 
 
 @dataclass
