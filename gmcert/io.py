@@ -9,6 +9,7 @@ the rows that are complete. The run's fingerprint keeps a folder to one configur
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -85,8 +86,9 @@ class PredictionLog:
         "seconds",
     ]
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, lock=None):
         self.path = Path(path)
+        self._lock = lock  # the run folder's lock, released with this log
         if self.path.exists():
             self._cut_torn_tail()
         if not self.path.exists() or self.path.stat().st_size == 0:
@@ -137,9 +139,25 @@ def run_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def lock_run_folder(out_dir: Path):
+    """An exclusive lock on the run folder, held while the returned file stays open (the
+    operating system drops it when the process ends, however it ends)."""
+    handle = open(out_dir / ".gmcert.lock", "a+")  # held open for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(
+            f"{out_dir} is in use by another gmcert run; wait for it to finish, or choose "
+            "another hydra.run.dir"
+        ) from None
+    return handle
+
+
 def open_prediction_log(out_dir: Path, fingerprint: str) -> PredictionLog:
-    """The run's prediction log; a folder holding another configuration's predictions is
-    refused."""
+    """The run's prediction log, with the folder locked for as long as the log is open; a
+    folder holding another configuration's predictions is refused."""
+    lock = lock_run_folder(out_dir)
     stamp = out_dir / "run_fingerprint.txt"
     if stamp.exists() and stamp.read_text().strip() != fingerprint:
         raise ValueError(
@@ -147,4 +165,4 @@ def open_prediction_log(out_dir: Path, fingerprint: str) -> PredictionLog:
             "same config, or choose a fresh hydra.run.dir"
         )
     stamp.write_text(fingerprint + "\n")
-    return PredictionLog(out_dir / "predictions.csv")
+    return PredictionLog(out_dir / "predictions.csv", lock=lock)

@@ -146,3 +146,18 @@ def test_empty_class_is_a_clear_error(make_cfg, monkeypatch):
     _patched_digits(monkeypatch, corrupt)
     with pytest.raises(ValueError, match=r"classes \[3\] have no samples in the train split"):
         run(make_cfg("certify=closed_form"))
+
+
+def test_a_second_run_in_a_busy_folder_is_refused(make_cfg, tmp_path):
+    import fcntl
+
+    cfg = make_cfg("certify.methods=[closed_form]", "divergence.enabled=false")
+    out_dir = tmp_path / "run"
+    out_dir.mkdir(parents=True)
+    with open(out_dir / ".gmcert.lock", "a+") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="is in use by another gmcert run"):
+            run(cfg)
+        assert not (out_dir / "predictions.csv").exists()
+    run(cfg)  # the other run is gone: this one goes ahead
+    assert (out_dir / "predictions.csv").exists()
