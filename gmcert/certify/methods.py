@@ -97,12 +97,8 @@ class ClosedForm:
         opts, mixture = inputs.options, inputs.mixture
         self.norm = opts.norm
         self.chunk_size = opts.batch_size
-        self._test, self._latents, self._classes = (
-            inputs.data.test,
-            inputs.test_latents,
-            mixture.classes_,
-        )
-        self._transfer = inputs.transfer
+        self._test, self._latents = inputs.data.test, inputs.test_latents
+        self._classes, self._transfer = mixture.classes_, inputs.transfer
 
         def certifier(norm):
             return latent_certifier(
