@@ -187,3 +187,33 @@ def test_ceiling_is_absent_without_a_shared_covariance(runs):
     table = done["table"]
     assert "ceiling_Q" not in table or table["ceiling_Q"].isna().all()
     assert "not available" in done["metrics"]["population_Q"]["ceiling"]
+
+
+def test_a_nonlinear_encoder_with_a_declared_bound_gets_input_radii_and_ca_under_q(
+    make_cfg, tmp_path
+):
+    """A pretrained (nonlinear) encoder with an l2 bound: input radii by the transfer, and CA
+    under Q at the matching latent radius, in every norm."""
+    from conftest import write_cifar10
+    from omegaconf import open_dict
+
+    write_cifar10(tmp_path / "data" / "cifar10")
+    for norm in ("l2", "linf"):
+        cfg = make_cfg(
+            "dataset=cifar10",
+            "dataset.verify_checksums=false",
+            "encoder=resnet18",
+            "encoder.weights=random",
+            "encoder.image_size=32",
+            "encoder.lipschitz=100.0",
+            "mixture.shrinkage=0.5",
+            "certify.methods=[closed_form]",
+            f"certify.norm={norm}",
+            "certify.population_samples=2000",
+            "divergence.enabled=false",
+        )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / norm)
+        metrics = run(cfg)
+        assert metrics["methods"]["closed_form"]["radius_space"] == "input"
+        assert metrics["population_Q"]["method"] == "monte_carlo"

@@ -55,7 +55,8 @@ def add_population_columns(
         return None
     radii, norm = table.loc[rows, "radius"].to_numpy(), options.norm
     in_input = table.loc[rows, "space"].iloc[0] == "input"
-    linear = transfer.linear if in_input and transfer.linear.weight is not None else None
+    # An encoder linear in its input: CA under Q of the folded input-space rule itself.
+    linear = transfer.linear if in_input else None
     folded = folded_certifier(
         mixture, linear, norm=norm, device=device, dtype=torch_dtype(options.dtype)
     )
