@@ -170,7 +170,7 @@ def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool) -
     extraction = {k: opts.pop(k) for k in _EXTRACTION_OPTIONS if k in opts}
     if opts.get("lipschitz") == "spectral":
         # The bound covers the resize from the data's native size: it needs that size.
-        opts["source_size"] = tuple(_first_image(data.test.inputs).shape[-2:])
+        opts["source_size"] = tuple(data.test.batch([0]).shape[-2:])
         opts["device"] = device
     encoder = build_encoder(name, **opts)
     encoder.fit(data.train.inputs)  # learns from train only (PCA); a no-op for the others
@@ -205,10 +205,6 @@ def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool) -
             raise ValueError(f"cached labels for the {split_name} split do not match the data")
         latents[split_name] = z
     return Encoded(encoder, latents["train"], latents["test"], hits)
-
-
-def _first_image(inputs):
-    return inputs[0] if isinstance(inputs, np.ndarray) else inputs[0][0]
 
 
 def _array_digest(x) -> str | None:

@@ -97,14 +97,15 @@ def attack_certificates(
         seed=inputs.seed,
     )
     radius, adversarial = found.radius.copy(), found.adversarial.reshape(len(x), -1).copy()
-    linear = encoder.linear_map() if space == "input" else None
+    flat = x.flatten(1).numpy()
+    linear = inputs.transfer.linear if space == "input" else None
     if mixture.is_linear_ and (space == "latent" or linear is not None):
         M, c = mixture.linear_head()
         A, b = linear.fold(M, c) if linear is not None else (M, c)
-        exact = linear_boundary_projection(A, b, x.flatten(1).numpy(), norm=norm)
+        exact = linear_boundary_projection(A, b, flat, norm=norm)
         better = exact.verified & (exact.radius < radius)
         radius[better] = exact.radius[better]
-        adversarial[better] = x.flatten(1).numpy()[better] + exact.delta[better]
+        adversarial[better] = flat[better] + exact.delta[better]
     indices = test.indices[positions]
     certified = (
         predictions[predictions["method"] == method.name]
@@ -121,7 +122,7 @@ def attack_certificates(
             "space": space,
             "certified_radius": float(certified[i]),
             "attack_radius": float(radius[i]),
-            "perturbation": (adversarial[i] - x.flatten(1).numpy()[i]).tolist(),
+            "perturbation": (adversarial[i] - flat[i]).tolist(),
         }
         for i in np.flatnonzero(inside)
     ]

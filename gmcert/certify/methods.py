@@ -176,7 +176,7 @@ class Smoothing:
     def _head(self, inputs: CertifyInputs, head: str, noise_trained: bool) -> torch.nn.Module:
         mixture, encoder, train = inputs.mixture, inputs.encoder, inputs.data.train
         Z, y = inputs.train_latents, train.labels
-        exact_noise = head == "gmm" and encoder.linear_map() is not None
+        exact_noise = head == "gmm" and inputs.transfer.linear is not None
         if noise_trained and not exact_noise:
             Z, y = noisy_latents(
                 encoder,

@@ -56,7 +56,7 @@ def radius_cap(sigma: float, n: int, alpha: float) -> float:
     Reached when all ``n`` estimation samples agree (``nA = n``); e.g. 3.81 sigma for
     ``n = 1e5, alpha = 1e-3``. Report it beside results so that a cap is not read as a result.
     """
-    _check_sigma(sigma)
+    check_sigma(sigma)
     _check_sampling(n=n, alpha=alpha)
     # 1 - alpha^(1/n) without cancellation, then the upper-tail quantile.
     return float(sigma * stats.norm.isf(-math.expm1(math.log(alpha) / n)))
@@ -80,9 +80,9 @@ class SmoothedClassifier:
         device: str | torch.device = "cpu",
         batch_size: int = 1000,
     ) -> None:
-        _check_int(num_classes, "num_classes", 2, "at least 2 classes are needed to certify")
-        _check_int(batch_size, "batch_size", 1, "noisy copies per forward pass")
-        _check_sigma(sigma)
+        check_int(num_classes, "num_classes", 2, "at least 2 classes are needed to certify")
+        check_int(batch_size, "batch_size", 1, "noisy copies per forward pass")
+        check_sigma(sigma)
         self.base = base
         self.num_classes = int(num_classes)
         self.sigma = float(sigma)
@@ -101,7 +101,7 @@ class SmoothedClassifier:
         device into one reused buffer and copies of several inputs share a forward pass when
         ``num < batch_size``.
         """
-        _check_int(num, "num", 1, "number of noisy samples per input")
+        check_int(num, "num", 1, "number of noisy samples per input")
         xs = self._to_device(xs)
         self._check_ready(generator)
         m_inputs, k = xs.shape[0], self.num_classes
@@ -161,7 +161,7 @@ class SmoothedClassifier:
         abstains when ``pA_lower < 1/2``. Noise is independent across inputs; copies of several
         inputs share forward passes, which pays off when ``n`` is small next to ``batch_size``.
         """
-        _check_int(n0, "n0", 1, "selection samples (docs/theory.md section 4 default: 100)")
+        check_int(n0, "n0", 1, "selection samples (docs/theory.md section 4 default: 100)")
         _check_sampling(n=n, alpha=alpha)
         started = time.perf_counter()
         selection = self.sample_counts(xs, n0, generator=generator)
@@ -251,20 +251,28 @@ def _as_batch_of_one(x) -> torch.Tensor:
     return x.unsqueeze(0)
 
 
-def _check_int(value, name: str, minimum: int, meaning: str) -> None:
+def check_int(value, name: str, minimum: int, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}")
+    return int(value)
 
 
-def _check_sigma(sigma) -> None:
-    if not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma <= 0:
+def check_sigma(sigma) -> float:
+    """The noise std as a float: finite and > 0 (a bool is refused, not read as 1)."""
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, numbers.Real)
+        or not math.isfinite(sigma)
+        or sigma <= 0
+    ):
         raise ValueError(
             f"sigma must be a finite number > 0 (noise std in [0, 1] pixel units, "
             f"e.g. 0.25), got {sigma!r}"
         )
+    return float(sigma)
 
 
 def _check_sampling(*, n, alpha) -> None:
-    _check_int(n, "n", 1, "estimation samples (docs/theory.md section 4 default: 100000)")
+    check_int(n, "n", 1, "estimation samples (docs/theory.md section 4 default: 100000)")
     if not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1) (e.g. 0.001), got {alpha!r}")

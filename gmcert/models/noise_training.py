@@ -16,7 +16,6 @@ Units: inputs are pixels in [0, 1] and ``sigma`` is the noise std in those units
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
@@ -24,30 +23,11 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Dataset
 
+from gmcert.certify.smoothing import check_int, check_sigma
 from gmcert.device import resolve_device
 from gmcert.models.mixture import GaussianMixtureClassifier
 
 __all__ = ["noise_covariance", "noisy_latents", "noisy_mixture"]
-
-
-def _check_sigma(sigma) -> float:
-    if (
-        isinstance(sigma, bool)
-        or not isinstance(sigma, numbers.Real)
-        or not math.isfinite(sigma)
-        or sigma <= 0
-    ):
-        raise ValueError(
-            f"sigma must be a finite number > 0 (noise std in [0, 1] pixel units, e.g. 0.25), "
-            f"got {sigma!r}"
-        )
-    return float(sigma)
-
-
-def _check_int(value, name: str, minimum: int, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}")
-    return int(value)
 
 
 def _weight(linear_map) -> np.ndarray | None:
@@ -87,7 +67,7 @@ def _weight(linear_map) -> np.ndarray | None:
 def noise_covariance(*, sigma: float, linear_map, dim: int) -> np.ndarray:
     """(d, d) covariance ``sigma^2 W W^T`` of the latent noise ``W e``, e ~ N(0, sigma^2 I);
     ``sigma^2 I`` (exactly) for the identity; ``dim`` is the latent dimension d."""
-    sigma = _check_sigma(sigma)
+    sigma = check_sigma(sigma)
     weight = _weight(linear_map)
     if weight is None:
         return sigma**2 * np.eye(dim)
@@ -151,9 +131,9 @@ def noisy_latents(
     Returns ``(Z, y)``: Z (copies * n, d) numpy in the encoder's output dtype, copy-major
     (row ``c * n + i`` is copy c of input i), and y = ``labels`` tiled ``copies`` times.
     """
-    sigma = _check_sigma(sigma)
-    copies = _check_int(copies, "copies", 1, "noisy copies per input")
-    batch_size = _check_int(batch_size, "batch_size", 1, "inputs per forward pass")
+    sigma = check_sigma(sigma)
+    copies = check_int(copies, "copies", 1, "noisy copies per input")
+    batch_size = check_int(batch_size, "batch_size", 1, "inputs per forward pass")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     device = resolve_device(device)
