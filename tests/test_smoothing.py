@@ -70,8 +70,9 @@ def linear_problem(rng: np.random.Generator, dim: int, num_points: int):
     return w, b, xs, margin
 
 
-def seeded(seed: int, device: str = "cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
+def seeded(first: int, count: int) -> list[int]:
+    """One noise seed per input."""
+    return list(range(1000 * first, 1000 * first + count))
 
 
 def without_time(cert: Certificate) -> Certificate:
@@ -102,7 +103,7 @@ def test_certificate_bound_and_radius_use_clopper_pearson():
     smoothed = SmoothedClassifier(LinearBase(w, b).eval(), 2, sigma=0.25)
     n, alpha = 2000, 0.01
     certs = smoothed.certify_batch(
-        torch.as_tensor(xs), n0=50, n=n, alpha=alpha, generator=seeded(1)
+        torch.as_tensor(xs), n0=50, n=n, alpha=alpha, seeds=seeded(1, len(xs))
     )
     for cert in certs:
         expected = proportion_confint(cert.n_a, n, alpha=2 * alpha, method="beta")[0]
@@ -132,7 +133,7 @@ def test_radius_cap_closed_form():
 
 def test_unanimous_base_reaches_the_cap():
     smoothed = SmoothedClassifier(ConstantBase(5, label=3).eval(), 5, sigma=0.5, batch_size=300)
-    cert = smoothed.certify(torch.rand(3, 4, 4), n0=10, n=1000, alpha=1e-3, generator=seeded(0))
+    cert = smoothed.certify(torch.rand(3, 4, 4), n0=10, n=1000, alpha=1e-3, seed=0)
     assert (cert.prediction, cert.n_a) == (3, 1000)
     assert cert.radius == pytest.approx(radius_cap(0.5, 1000, 1e-3), rel=1e-9)
 
@@ -148,13 +149,13 @@ def test_coin_flip_base_abstains():
     xs = xs - np.outer(margin, w) / (w @ w)  # project every point onto the hyperplane
     assert np.abs(xs @ w + b).max() < 1e-12
     smoothed = SmoothedClassifier(LinearBase(w, b).eval(), 2, sigma=0.25)
-    certs = smoothed.certify_batch(torch.as_tensor(xs), n0=100, n=5000, generator=seeded(2))
+    certs = smoothed.certify_batch(torch.as_tensor(xs), n0=100, n=5000, seeds=seeded(2, len(xs)))
     certified = sum(c.prediction != ABSTAIN for c in certs)
     assert certified <= stats.binom.isf(1e-6, len(certs), 1e-3)
     # Whichever class the selection picked, its count is Binomial(5000, 1/2).
     assert np.mean([c.n_a for c in certs]) == pytest.approx(2500, abs=30)
     predictions = [
-        smoothed.predict(torch.as_tensor(x), n=2000, generator=seeded(i))
+        smoothed.predict(torch.as_tensor(x), n=2000, seed=i)
         for i, x in enumerate(xs[:10])
     ]
     assert predictions.count(ABSTAIN) >= 9
@@ -178,7 +179,7 @@ def test_linear_smoothed_probability_matches_closed_form():
     # Images of shape (3, 2, 2): the noise must be added per pixel of a multi-axis input.
     smoothed = SmoothedClassifier(LinearBase(w, b).eval(), 2, sigma=sigma, batch_size=4096)
     images = torch.as_tensor(xs).reshape(-1, 3, 2, 2)
-    counts = smoothed.sample_counts(images, n, generator=seeded(4)).numpy()
+    counts = smoothed.sample_counts(images, n, seeds=seeded(4, len(images))).numpy()
     assert counts.shape == (30, 2) and (counts.sum(axis=1) == n).all()
     p_hat = counts[np.arange(30), (margin > 0).astype(int)] / n
     z = (p_hat - p_top) / np.sqrt(np.maximum(p_top * (1 - p_top), 1e-12) / n)
@@ -195,7 +196,7 @@ def test_certified_radius_never_exceeds_exact_radius():
     truth = (margin > 0).astype(int)
     smoothed = SmoothedClassifier(LinearBase(w, b).eval(), 2, sigma=sigma, batch_size=2048)
     certs = smoothed.certify_batch(
-        torch.as_tensor(xs), n0=n0, n=n, alpha=alpha, generator=seeded(6)
+        torch.as_tensor(xs), n0=n0, n=n, alpha=alpha, seeds=seeded(6, len(xs))
     )
     pred = np.array([c.prediction for c in certs])
     radius = np.array([c.radius for c in certs])
@@ -222,7 +223,7 @@ def test_certified_radius_sound_and_tight_at_default_n():
     w, b, xs, margin = linear_problem(rng, dim=20, num_points=120)
     exact = np.abs(margin) / np.linalg.norm(w)
     smoothed = SmoothedClassifier(LinearBase(w, b).eval(), 2, sigma=sigma, batch_size=10_000)
-    certs = smoothed.certify_batch(torch.as_tensor(xs), generator=seeded(8))  # n0=100, n=1e5
+    certs = smoothed.certify_batch(torch.as_tensor(xs), seeds=seeded(8, len(xs)))  # n0=100, n=1e5
     pred = np.array([c.prediction for c in certs])
     radius = np.array([c.radius for c in certs])
     truth = (margin > 0).astype(int)
@@ -249,7 +250,7 @@ def test_counts_per_input_exact_when_batches_mix_inputs(batch_size):
     labels = torch.tensor([2, 0, 5, 1, 4, 3])
     base = FirstPixelBase(num_classes).eval()
     smoothed = SmoothedClassifier(base, num_classes, sigma=1e-6, batch_size=batch_size)
-    counts = smoothed.sample_counts(xs[labels], num, generator=seeded(0))
+    counts = smoothed.sample_counts(xs[labels], num, seeds=seeded(0, num_classes))
     expected = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     expected[torch.arange(num_classes), labels] = num
     assert torch.equal(counts, expected)
@@ -260,26 +261,56 @@ def test_counts_per_input_exact_when_batches_mix_inputs(batch_size):
 def test_selection_and_estimation_use_separate_samples():
     base = FirstPixelBase(3).eval()
     smoothed = SmoothedClassifier(base, 3, sigma=0.1, batch_size=64)
-    smoothed.certify(torch.full((4,), 0.5), n0=30, n=100, generator=seeded(0))
+    smoothed.certify(torch.full((4,), 0.5), n0=30, n=100, seed=0)
     assert base.batch_sizes == [30, 64, 36]
 
 
 # ----------------------------------------------------------------------------- reproducibility
 
 
-def test_seeded_generator_reproduces_certificates():
+def test_seeds_reproduce_certificates():
     rng = np.random.default_rng(9)
     w, b, xs, _ = linear_problem(rng, dim=8, num_points=5)
     smoothed = SmoothedClassifier(LinearBase(w, b).eval(), 2, sigma=0.5, batch_size=256)
     x = torch.as_tensor(xs)
-    first = [without_time(c) for c in smoothed.certify_batch(x, n=3000, generator=seeded(11))]
-    again = [without_time(c) for c in smoothed.certify_batch(x, n=3000, generator=seeded(11))]
-    other = [without_time(c) for c in smoothed.certify_batch(x, n=3000, generator=seeded(12))]
+    first = [without_time(c) for c in smoothed.certify_batch(x, n=3000, seeds=seeded(11, 5))]
+    again = [without_time(c) for c in smoothed.certify_batch(x, n=3000, seeds=seeded(11, 5))]
+    other = [without_time(c) for c in smoothed.certify_batch(x, n=3000, seeds=seeded(12, 5))]
     assert first == again
     assert [c.n_a for c in first] != [c.n_a for c in other]
-    single = without_time(smoothed.certify(x[0], n=3000, generator=seeded(11)))
-    alone = without_time(smoothed.certify_batch(x[:1], n=3000, generator=seeded(11))[0])
+    single = without_time(smoothed.certify(x[0], n=3000, seed=11000))
+    alone = without_time(smoothed.certify_batch(x[:1], n=3000, seeds=seeded(11, 1))[0])
     assert single == alone
+
+
+@pytest.mark.parametrize("n, batch_size", [(300, 1000), (1500, 1000), (1000, 1000), (7, 3)])
+def test_a_points_noise_does_not_depend_on_the_other_points(n, batch_size):
+    """Chunks, shards and resumes cut a run differently; each point must get the same noise."""
+    rng = np.random.default_rng(3)
+    w, b, xs, _ = linear_problem(rng, dim=6, num_points=7)
+    smoothed = SmoothedClassifier(LinearBase(w, b).eval(), 2, sigma=2.0, batch_size=batch_size)
+    x, seeds = torch.as_tensor(xs), seeded(5, 7)
+    whole = [without_time(c) for c in smoothed.certify_batch(x, n0=10, n=n, seeds=seeds)]
+    parts = [
+        without_time(c)
+        for cut in [(0, 1), (1, 4), (4, 7)]
+        for c in smoothed.certify_batch(x[slice(*cut)], n0=10, n=n, seeds=seeds[slice(*cut)])
+    ]
+    assert whole == parts
+    assert len({c.n_a for c in whole}) > 1  # a test that can fail: counts differ between points
+
+
+def test_noise_blocks_pack_whole_and_in_order():
+    from gmcert.certify.smoothing import _pack_blocks
+
+    assert _pack_blocks(3, 4, 10) == [[(0, 0, 4), (1, 0, 4)], [(2, 0, 4)]]
+    assert _pack_blocks(2, 5, 3) == [[(0, 0, 3)], [(0, 1, 2)], [(1, 0, 3)], [(1, 1, 2)]]
+
+
+def test_one_seed_per_input_is_required():
+    smoothed = SmoothedClassifier(ConstantBase(3, 0).eval(), 3, sigma=0.5)
+    with pytest.raises(ValueError, match="got 1 seeds for 2 inputs: give one per input"):
+        smoothed.sample_counts(torch.rand(2, 4), 10, seeds=[0])
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -346,8 +377,8 @@ def test_cuda_matches_cpu():
     for device in ["cpu", "cuda"]:
         base = LinearBase(w, b).to(device).eval()
         smoothed = SmoothedClassifier(base, 2, sigma=sigma, device=device, batch_size=4096)
-        results[device] = smoothed.certify_batch(x, n=n, generator=seeded(14, device))
-        again = smoothed.certify_batch(x, n=n, generator=seeded(14, device))
+        results[device] = smoothed.certify_batch(x, n=n, seeds=seeded(14, len(x)))
+        again = smoothed.certify_batch(x, n=n, seeds=seeded(14, len(x)))
         assert [without_time(c) for c in again] == [without_time(c) for c in results[device]]
     # Different random streams: counts agree within two-sample binomial error.
     p_top = stats.norm.cdf(np.abs(margin) / (sigma * np.linalg.norm(w)))
@@ -359,5 +390,3 @@ def test_cuda_matches_cpu():
         smoothed = SmoothedClassifier(ConstantBase(4, 2).eval(), 4, sigma=0.5, device=device)
         certs.append(without_time(smoothed.certify(torch.rand(3, 8, 8), n=5000)))
     assert certs[0] == certs[1]
-    with pytest.raises(ValueError, match="generator is on cpu but noise is drawn on cuda"):
-        smoothed.certify(torch.rand(3, 8, 8), n=10, generator=seeded(0, "cpu"))

@@ -144,9 +144,8 @@ class Smoothing:
     noise it is smoothed with (``noise_trained``): for the mixture on an encoder linear in its
     input exactly (class covariances Sigma_k + sigma^2 W W^T), otherwise on encodings of
     ``certify.noise_copies`` noisy copies of each train input; ``noise_trained=False`` keeps
-    the clean-trained head (methods ``*_clean``). Each chunk of test points draws its noise
-    from a generator seeded by the seed and the chunk's first index, so a resumed run
-    reproduces the uninterrupted one.
+    the clean-trained head (methods ``*_clean``). A test point's noise depends only on the run's
+    seed and the point's index in the dataset, so resumed, sharded and unsplit runs agree.
     """
 
     norm = "l2"
@@ -156,7 +155,7 @@ class Smoothing:
     def __init__(self, inputs: CertifyInputs, *, head: str, noise_trained: bool):
         opts = inputs.options
         self.name = f"smoothing_{head}" + ("" if noise_trained else "_clean")
-        self._device, self._seed = inputs.device, inputs.seed
+        self._seed = inputs.seed
         module = self._head(inputs, head, noise_trained)
         base = torch.nn.Sequential(inputs.encoder, module).eval().to(inputs.device)
         self._smoothed = SmoothedClassifier(
@@ -202,14 +201,14 @@ class Smoothing:
 
     def certify(self, positions: np.ndarray) -> Certified:
         settings = self.smoothing
-        generator = torch.Generator(self._device)
-        generator.manual_seed(self._seed * 1_000_003 + int(positions[0]))
+        # The seed is below 2**32 (checked with the options), so each pair is its own key.
+        seeds = [self._seed * 2**32 + int(i) for i in self._test.indices[positions]]
         certs = self._smoothed.certify_batch(
             self._test.batch(positions),
             n0=settings.n0,
             n=settings.n,
             alpha=settings.alpha,
-            generator=generator,
+            seeds=seeds,
         )
         codes = np.array([c.prediction for c in certs])
         predict = np.where(codes == ABSTAIN, ABSTAIN, self._classes[np.maximum(codes, 0)])

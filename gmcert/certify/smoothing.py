@@ -13,9 +13,11 @@ distances in those pixel units. Noisy inputs are not clipped to [0, 1], as in th
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,38 +94,53 @@ class SmoothedClassifier:
     # ------------------------------------------------------------------ sampling
 
     def sample_counts(
-        self, xs: torch.Tensor, num: int, *, generator: torch.Generator | None = None
+        self, xs: torch.Tensor, num: int, *, seeds: Sequence[int] | None = None, stream: int = 0
     ) -> torch.Tensor:
         """Count base predictions on ``num`` noisy copies of each of the ``M`` inputs ``xs``.
 
         ``xs``: ``(M, *input_shape)``, pixels in [0, 1]. Returns int64 counts ``(M, num_classes)``
-        on ``self.device``, without reading anything back to the host: noise is drawn on the
-        device into one reused buffer and copies of several inputs share a forward pass when
-        ``num < batch_size``.
+        on ``self.device``, without reading anything back to the host.
+
+        The noise of input ``m`` depends only on ``seeds[m]``, ``stream`` and ``num``: copies are
+        drawn in blocks of ``batch_size``, each block from a generator seeded by
+        (``seeds[m]``, ``stream``, block number). So an input gets the same noise whichever
+        other inputs share the call, which makes a run reproducible however it was cut into
+        chunks, shards or resumed parts. ``seeds=None`` draws fresh seeds from torch's global
+        generator. Blocks of several inputs share a forward pass when ``num < batch_size``.
         """
         check_int(num, "num", 1, "number of noisy samples per input")
         xs = self._to_device(xs)
-        self._check_ready(generator)
+        self._check_ready()
         m_inputs, k = xs.shape[0], self.num_classes
-        total = m_inputs * num
+        if seeds is None:
+            seeds = torch.randint(2**62, (m_inputs,)).tolist()
+        if len(seeds) != m_inputs:
+            raise ValueError(f"got {len(seeds)} seeds for {m_inputs} inputs: give one per input")
         counts = torch.zeros(m_inputs * k, dtype=torch.int64, device=self.device)
-        rows = min(self.batch_size, total)
+        rows = min(self.batch_size, m_inputs * num)
         noise = torch.empty((rows, *xs.shape[1:]), dtype=xs.dtype, device=self.device)
         ones = torch.ones(rows, dtype=torch.int64, device=self.device)
+        generator = torch.Generator(self.device)
         with torch.inference_mode():
-            for start in range(0, total, rows):
-                size = min(rows, total - start)
-                batch = noise[:size].normal_(0.0, self.sigma, generator=generator)
-                first, last = start // num, (start + size - 1) // num
-                if first == last:  # copies of one input: broadcast it, no copy of x
-                    batch.add_(xs[first])
-                    target = counts[first * k : (first + 1) * k]
+            for batch in _pack_blocks(m_inputs, num, self.batch_size):
+                size = sum(count for _, _, count in batch)
+                start = 0
+                for owner, block, count in batch:
+                    generator.manual_seed(block_seed(seeds[owner], stream, block))
+                    noise[start : start + count].normal_(0.0, self.sigma, generator=generator)
+                    start += count
+                owners = [owner for owner, _, _ in batch]
+                if len(owners) == 1:  # copies of one input: broadcast it, no copy of x
+                    noise[:size].add_(xs[owners[0]])
+                    target = counts[owners[0] * k : (owners[0] + 1) * k]
                     offset = None
                 else:
-                    owner = torch.arange(start, start + size, device=self.device) // num
-                    batch.add_(xs.index_select(0, owner))
+                    owner = torch.tensor(
+                        [o for o, _, count in batch for _ in range(count)], device=self.device
+                    )
+                    noise[:size].add_(xs.index_select(0, owner))
                     target, offset = counts, owner * k
-                scores = self.base(batch)
+                scores = self.base(noise[:size])
                 if scores.shape != (size, k):
                     raise ValueError(
                         f"base returned scores of shape {tuple(scores.shape)} for {size} inputs; "
@@ -140,8 +157,10 @@ class SmoothedClassifier:
 
     def certify(self, x: torch.Tensor, **sampling) -> Certificate:
         """CERTIFY one input ``x`` of shape ``input_shape``: :meth:`certify_batch` of a batch of
-        one, with the same keyword options (n0, n, alpha, generator) and guarantee."""
-        return self.certify_batch(_as_batch_of_one(x), **sampling)[0]
+        one, with the same options (n0, n, alpha) and guarantee; ``seed`` keys its noise."""
+        seed = sampling.pop("seed", None)
+        seeds = None if seed is None else [seed]
+        return self.certify_batch(_as_batch_of_one(x), seeds=seeds, **sampling)[0]
 
     def certify_batch(
         self,
@@ -150,7 +169,7 @@ class SmoothedClassifier:
         n0: int = 100,
         n: int = 100_000,
         alpha: float = 0.001,
-        generator: torch.Generator | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[Certificate]:
         """CERTIFY each of the ``M`` inputs ``xs`` ``(M, *input_shape)``; one Certificate each
         (docs/theory.md section 4).
@@ -160,13 +179,17 @@ class SmoothedClassifier:
         smoothed classifier predicts cA on the l2 ball of the returned radius (pixel units); it
         abstains when ``pA_lower < 1/2``. Noise is independent across inputs; copies of several
         inputs share forward passes, which pays off when ``n`` is small next to ``batch_size``.
+        ``seeds``: one integer per input that alone determines its noise (see
+        :meth:`sample_counts`); selection and estimation draw from separate streams.
         """
         check_int(n0, "n0", 1, "selection samples (docs/theory.md section 4 default: 100)")
         _check_sampling(n=n, alpha=alpha)
         started = time.perf_counter()
-        selection = self.sample_counts(xs, n0, generator=generator)
+        if seeds is None:
+            seeds = torch.randint(2**62, (len(xs),)).tolist()
+        selection = self.sample_counts(xs, n0, seeds=seeds, stream=0)
         c_a = selection.argmax(dim=1)
-        estimation = self.sample_counts(xs, n, generator=generator)
+        estimation = self.sample_counts(xs, n, seeds=seeds, stream=1)
         n_a = estimation.gather(1, c_a.unsqueeze(1)).squeeze(1)
         c_a, n_a = c_a.cpu().numpy(), n_a.cpu().numpy()
         p_a_lower = clopper_pearson_lower(n_a, n, alpha)
@@ -193,7 +216,7 @@ class SmoothedClassifier:
         *,
         n: int = 100_000,
         alpha: float = 0.001,
-        generator: torch.Generator | None = None,
+        seed: int | None = None,
     ) -> int:
         """PREDICT for one input ``x``: the smoothed class, or ABSTAIN.
 
@@ -201,7 +224,8 @@ class SmoothedClassifier:
         at least ``1 - alpha`` the returned class (if not ABSTAIN) is the smoothed prediction.
         """
         _check_sampling(n=n, alpha=alpha)
-        counts = self.sample_counts(_as_batch_of_one(x), n, generator=generator)[0]
+        seeds = None if seed is None else [seed]
+        counts = self.sample_counts(_as_batch_of_one(x), n, seeds=seeds)[0]
         top2 = counts.topk(2)
         (n_a, n_b), (c_a, _) = top2.values.tolist(), top2.indices.tolist()
         if stats.binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
@@ -223,7 +247,7 @@ class SmoothedClassifier:
             )
         return xs.to(self.device)
 
-    def _check_ready(self, generator: torch.Generator | None) -> None:
+    def _check_ready(self) -> None:
         if any(module.training for module in self.base.modules()):
             raise ValueError(
                 "base is in training mode (batch norm or dropout would make noisy samples "
@@ -235,11 +259,31 @@ class SmoothedClassifier:
                 f"base lives on {param.device} but device is {self.device}: "
                 f"call base.to({str(self.device)!r}) or pass device={str(param.device)!r}"
             )
-        if generator is not None and generator.device.type != self.device.type:
-            raise ValueError(
-                f"generator is on {generator.device} but noise is drawn on {self.device}: "
-                f"create it with torch.Generator(device={str(self.device)!r})"
-            )
+
+
+def block_seed(seed: int, stream: int, block: int) -> int:
+    """A 63-bit generator seed for one block of one input's noise: a hash, so that nearby
+    (seed, stream, block) triples give unrelated streams."""
+    key = f"{int(seed)}:{int(stream)}:{int(block)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def _pack_blocks(m_inputs: int, num: int, rows: int) -> list[list[tuple[int, int, int]]]:
+    """Forward batches of at most ``rows`` noisy copies, as (input, block, count) triples: input
+    m's ``num`` copies are cut into blocks of ``rows`` counted from its own first copy, and whole
+    blocks are packed in order, so a block never depends on the other inputs."""
+    batches, current, size = [], [], 0
+    for owner in range(m_inputs):
+        for block, first in enumerate(range(0, num, rows)):
+            count = min(rows, num - first)
+            if size + count > rows:
+                batches.append(current)
+                current, size = [], 0
+            current.append((owner, block, count))
+            size += count
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _as_batch_of_one(x) -> torch.Tensor:
