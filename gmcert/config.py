@@ -175,6 +175,13 @@ class AttackConfig:
 
 
 @dataclass
+class DenoiserConfig:
+    """Denoised smoothing: a denoiser in front of the encoder (smoothing methods only)."""
+
+    name: str = "none"
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = MISSING
     data_dir: str = MISSING
@@ -197,6 +204,7 @@ class Config:
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     task_name: str = "run"

@@ -18,6 +18,7 @@ from gmcert.certify.stage import certify_pending, certify_positions
 from gmcert.certify.transfer import radius_transfer
 from gmcert.config import check_certify_options
 from gmcert.data import build_dataset
+from gmcert.denoisers import build_denoiser
 from gmcert.device import resolve_device
 from gmcert.features import encode
 from gmcert.io import open_prediction_log, run_fingerprint
@@ -61,6 +62,7 @@ def run(cfg: DictConfig) -> dict:
         options=cfg.certify,
         seed=cfg.seed,
         transfer=transfer,
+        denoiser=build_denoiser(cfg.denoiser, sigma=cfg.certify.sigma, device=device),
     )
     methods = build_methods(cfg.certify.methods, inputs)
     predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg))

@@ -75,6 +75,7 @@ class CertifyInputs:
     options: Any  # the run's ``certify`` config node
     seed: int
     transfer: RadiusTransfer  # how latent radii become input radii in ``options.norm``
+    denoiser: torch.nn.Module | None = None  # smoothing only: applied to the noisy input
 
 
 class ClosedForm:
@@ -157,7 +158,10 @@ class Smoothing:
         self.name = f"smoothing_{head}" + ("" if noise_trained else "_clean")
         self._seed = inputs.seed
         module = self._head(inputs, head, noise_trained)
-        base = torch.nn.Sequential(inputs.encoder, module).eval().to(inputs.device)
+        stages = [inputs.encoder, module]
+        if inputs.denoiser is not None:
+            stages.insert(0, inputs.denoiser)
+        base = torch.nn.Sequential(*stages).eval().to(inputs.device)
         self._smoothed = SmoothedClassifier(
             base, len(self._classes), opts.sigma, device=inputs.device, batch_size=opts.noise_batch
         )
