@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -24,7 +26,7 @@ register_configs()
 def run_job(cfg: DictConfig) -> dict | None:
     """Run one job. In a sweep a failing job logs its error and folder, and the sweep goes on."""
     from gmcert.attack.stage import UnsoundCertificate
-    from gmcert.io import write_json
+    from gmcert.io import write_json, write_run_config
     from gmcert.pipeline import run
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -33,8 +35,14 @@ def run_job(cfg: DictConfig) -> dict | None:
         metrics = run(cfg)
     except Exception as err:
         if multirun and cfg.continue_on_error:
-            log.exception("job failed; the sweep goes on. Folder: %s", out_dir)
+            if isinstance(err, USER_ERRORS):  # one line; the traceback only at debug level
+                log.error("job failed: %s; the sweep goes on. Folder: %s", err, out_dir)
+                log.debug("user error", exc_info=True)
+            else:
+                log.exception("job failed; the sweep goes on. Folder: %s", out_dir)
             write_json(out_dir / "failed.json", {"error": f"{type(err).__name__}: {err}"})
+            if not (out_dir / ".hydra" / "config.yaml").exists():  # never relabel old results
+                write_run_config(out_dir, cfg)
             return None
         if isinstance(err, UnsoundCertificate):
             print(f"gmcert: {err}", file=sys.stderr)
@@ -74,9 +82,30 @@ def run_job(cfg: DictConfig) -> dict | None:
     return metrics
 
 
+class FailedJobs(Callback):
+    """After a sweep, names each job that failed (its ``failed.json``), so that the sweep, which
+    went on with the other jobs, still ends with a non-zero exit status."""
+
+    failed: list[Path] = []
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        FailedJobs.failed = sorted(p.parent for p in sweep_dir.rglob("failed.json"))
+        for folder in FailedJobs.failed:
+            error = json.loads((folder / "failed.json").read_text()).get("error", "")
+            print(f"gmcert: job failed: {folder}: {error}", file=sys.stderr)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def run_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     run_job(cfg)
+
+
+def run_main() -> None:
+    _hydra_main()
+    if FailedJobs.failed:
+        print(f"gmcert: {len(FailedJobs.failed)} job(s) of the sweep failed", file=sys.stderr)
+        sys.exit(1)
 
 
 def report_main(argv: list[str] | None = None) -> None:
@@ -86,4 +115,7 @@ def report_main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_main()
+    # Through the imported module, whose FailedJobs class is the one Hydra's callback fills.
+    from gmcert.cli import run_main as main
+
+    main()

@@ -6,11 +6,13 @@ type (``certify.radii=oops``) on the command line fails at once, naming the key.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, ListConfig, OmegaConf
 
 from gmcert.certify.norms import NORMS
 
@@ -238,23 +240,122 @@ def register_configs() -> None:
         cs.store(group="encoder", name=f"schema_{name}", node=node)
 
 
-def check_certify_options(certify) -> None:
-    """The value errors a schema cannot express, caught before any work is done."""
-    if certify.norm not in NORMS:
-        raise ValueError(f"certify.norm must be one of {NORMS}, got {certify.norm!r}")
-    if any(r < 0 for r in certify.radii) or not certify.radii:
-        raise ValueError(
-            f"certify.radii must be a non-empty list of radii >= 0, got {list(certify.radii)}"
-        )
-    if not 0 < certify.ci_alpha < 1:
-        raise ValueError(f"certify.ci_alpha must lie in (0, 1), got {certify.ci_alpha}")
-    if certify.batch_size < 1:
-        raise ValueError(f"certify.batch_size must be >= 1, got {certify.batch_size}")
-    if certify.start < 0 or (certify.stop is not None and certify.stop <= certify.start):
+def _number(low=-math.inf, high=math.inf, *, integer=False, open_low=False, open_high=False):
+    """A predicate: a finite (integer) number in the given range; bools are refused."""
+
+    def ok(value) -> bool:
+        kind = numbers.Integral if integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return False
+        if not integer and not math.isfinite(value):
+            return False
+        above = value > low if open_low else value >= low
+        below = value < high if open_high else value <= high
+        return above and below
+
+    return ok
+
+
+def _optional(rule):
+    return lambda value: value is None or rule(value)
+
+
+def _each(rule, *, non_empty=True):
+    return lambda value: (len(value) > 0 or not non_empty) and all(rule(v) for v in value)
+
+
+def _one_of(choices):
+    return lambda value: value in choices
+
+
+def _probability():
+    return _number(0, 1, open_low=True, open_high=True)
+
+
+def _rules() -> list[tuple[str, object, str]]:
+    """(option, predicate, what it must be). Options a config lacks (``dataset.dim`` on digits)
+    are skipped. The registries are imported here, so that this module stays light."""
+    from gmcert.certify.latent import DTYPES
+    from gmcert.certify.methods import METHODS
+    from gmcert.eps.per_class import ESTIMATORS
+    from gmcert.models.mixture import COVARIANCE_FAMILIES
+    from gmcert.models.moments import SHRINKAGE_RULES
+
+    count, positive = _number(0, integer=True), _number(1, integer=True)
+    return [
+        ("seed", _number(0, 2**32 - 1, integer=True), "an integer in [0, 2**32 - 1]"),
+        ("certify.norm", _one_of(NORMS), f"one of {list(NORMS)}"),
+        ("certify.methods", _each(_one_of(METHODS)), f"a non-empty list from {sorted(METHODS)}"),
+        ("certify.radii", _each(_number(0)), "a non-empty list of finite radii >= 0"),
+        ("certify.batch_size", positive, "an integer >= 1"),
+        ("certify.dtype", _one_of(DTYPES), f"one of {sorted(DTYPES)}"),
+        ("certify.ci_alpha", _probability(), "a level in (0, 1), e.g. 0.05"),
+        ("certify.start", count, "an integer >= 0"),
+        ("certify.stop", _optional(positive), "null or an integer > certify.start"),
+        ("certify.shards", positive, "an integer >= 1"),
+        ("certify.shard", count, "an integer in 0..certify.shards-1"),
+        ("certify.sigma", _number(0, open_low=True), "a noise std > 0 (pixel units)"),
+        ("certify.n0", positive, "an integer >= 1 (selection samples)"),
+        ("certify.n", positive, "an integer >= 1 (estimation samples)"),
+        ("certify.alpha", _probability(), "a level in (0, 1), e.g. 0.001"),
+        ("certify.noise_batch", positive, "an integer >= 1"),
+        ("certify.noise_copies", positive, "an integer >= 1"),
+        ("certify.population_samples", count, "an integer >= 0 (0: no CA under Q)"),
+        ("mixture.covariance", _one_of(COVARIANCE_FAMILIES), f"one of {COVARIANCE_FAMILIES}"),
+        (
+            "mixture.shrinkage",
+            lambda v: v in SHRINKAGE_RULES or _number(0, 1)(v),
+            f"one of {SHRINKAGE_RULES} or a number in [0, 1]",
+        ),
+        ("mixture.reg_covar", _number(0), "a number >= 0"),
+        ("mixture.rank", positive, "an integer >= 1"),
+        ("mixture.robust_radius", _optional(_number(0)), "null or a radius >= 0"),
+        ("mixture.holdout_fraction", _probability(), "a fraction in (0, 1), e.g. 0.2"),
+        ("mixture.chunk_size", positive, "an integer >= 1"),
+        ("divergence.eps", _optional(_number(0)), "null or a KL budget >= 0 (nats)"),
+        (
+            "divergence.estimators",
+            _each(_one_of(ESTIMATORS)),
+            f"a non-empty list from {sorted(ESTIMATORS)}",
+        ),
+        ("divergence.n_boot", count, "an integer >= 0 (0: no bootstrap interval)"),
+        ("divergence.alpha", _probability(), "a level in (0, 1), e.g. 0.05"),
+        ("divergence.max_per_class", _optional(_number(2, integer=True)), "null or >= 2"),
+        ("divergence.truth_samples", positive, "an integer >= 1"),
+        ("attack.enabled", _one_of((True, False, "auto")), "true, false or auto"),
+        ("attack.steps", positive, "an integer >= 1"),
+        ("attack.restarts", count, "an integer >= 0"),
+        ("attack.batch_size", positive, "an integer >= 1"),
+        ("attack.tolerance", _number(0), "a relative slack >= 0"),
+        ("dataset.test_size", _probability(), "a fraction in (0, 1)"),
+        ("dataset.num_classes", _number(2, integer=True), "an integer >= 2"),
+        ("dataset.dim", positive, "an integer >= 1 (the input dimension)"),
+        ("dataset.n_train", positive, "an integer >= 1"),
+        ("dataset.n_test", positive, "an integer >= 1"),
+        ("dataset.separation", _number(0), "a distance >= 0"),
+        ("dataset.nu", _number(0, open_low=True), "degrees of freedom > 0"),
+        ("encoder.n_components", positive, "an integer >= 1"),
+    ]
+
+
+def check_options(cfg) -> None:
+    """Every option's value checked before any work is done, each error naming the option and
+    what it must be (the schema has already checked the types)."""
+    absent = object()
+    for option, ok, meaning in _rules():
+        value = OmegaConf.select(cfg, option, default=absent)
+        if value is absent:
+            continue
+        if isinstance(value, ListConfig):
+            value = list(value)
+        if not ok(value):
+            raise ValueError(f"{option} must be {meaning}, got {value!r}")
+    certify = cfg.certify
+    if certify.stop is not None and certify.stop <= certify.start:
         raise ValueError(
             f"certify.start/stop must satisfy 0 <= start < stop, got {certify.start}/{certify.stop}"
         )
-    if not 0 <= certify.shard < certify.shards:
+    if certify.shard >= certify.shards:
         raise ValueError(
             f"certify.shard must be in 0..shards-1, got shard={certify.shard}, "
             f"shards={certify.shards}"

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gmcert.data import LabelledData
-from gmcert.encoders import PRETRAINED, build_encoder
+from gmcert.data.digest import file_digest
+from gmcert.encoders import build_encoder
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ def extract_features(
 
 
 # ------------------------------------------------------------------------------- cache
-
-
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_key(material: dict) -> str:
@@ -162,8 +155,14 @@ class Encoded:
     cache_hits: dict[str, bool]
 
 
-def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool) -> Encoded:
-    """Build and fit the encoder; latents of both splits, through the feature cache."""
+def encode(
+    data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool, data_digests: dict
+) -> Encoded:
+    """Build and fit the encoder; latents of both splits, through the feature cache.
+
+    ``data_digests``: each split's content digest (:func:`gmcert.data.digest.data_digest`),
+    part of the cache key, so changed data are never served old latents.
+    """
     name = encoder_cfg.name
     opts = OmegaConf.to_container(encoder_cfg, resolve=True)
     opts.pop("name", None)
@@ -181,10 +180,6 @@ def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool) -
         "weights_source": getattr(encoder, "weights_source", None),
         "weights_sha256": file_digest(weights) if weights and Path(weights).is_file() else None,
     }
-    if name not in PRETRAINED:
-        # identity / pca latents depend on the data itself: hash what went in.
-        material["train_inputs"] = _array_digest(data.train.inputs)
-        material["test_inputs"] = _array_digest(data.test.inputs)
     latents, hits = {}, {}
     for split_name in ("train", "test"):
         split = getattr(data, split_name)
@@ -196,7 +191,8 @@ def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool) -
             return z, split.labels
 
         (z, labels), hits[split_name] = cached(
-            {**material, "split": split_name, "indices": _array_digest(split.indices)},
+            # Both splits' digests: a learned encoder (PCA) depends on the train split too.
+            {**material, "split": split_name, "data": data_digests},
             compute,
             cache_dir=cache_dir,
             force=force,
@@ -205,9 +201,3 @@ def encode(data: LabelledData, encoder_cfg, *, device, cache_dir, force: bool) -
             raise ValueError(f"cached labels for the {split_name} split do not match the data")
         latents[split_name] = z
     return Encoded(encoder, latents["train"], latents["test"], hits)
-
-
-def _array_digest(x) -> str | None:
-    if not isinstance(x, np.ndarray):
-        return None
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:24]

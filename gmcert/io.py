@@ -86,9 +86,8 @@ class PredictionLog:
         "seconds",
     ]
 
-    def __init__(self, path: str | os.PathLike, *, lock=None):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._lock = lock  # the run folder's lock, released with this log
         if self.path.exists():
             self._cut_torn_tail()
         if not self.path.exists() or self.path.stat().st_size == 0:
@@ -130,18 +129,40 @@ class PredictionLog:
         self._append_text(buffer.getvalue())
 
 
-def run_fingerprint(cfg: DictConfig) -> str:
-    """A digest of everything that determines the predictions; paths and index ranges excluded."""
+def run_fingerprint(cfg: DictConfig, data_digests: dict) -> str:
+    """A digest of everything that determines the predictions: the config and the data's
+    content (``data_digests``); paths (where the data and outputs live) and the index range a
+    job certifies are left out, so a split run's parts share it."""
     keep = OmegaConf.to_container(cfg, resolve=False)
     keep.pop("paths", None)
+    keep.get("dataset", {}).pop("root", None)
     for key in ("start", "stop", "shard", "shards"):
         keep.get("certify", {}).pop(key, None)
+    keep["data_digests"] = data_digests
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def write_run_config(out_dir: Path, cfg: DictConfig) -> None:
+    """``.hydra/config.yaml`` (and, under Hydra, ``overrides.yaml`` and ``hydra.yaml``): the
+    configuration the folder's results belong to. gmcert writes them itself, once the folder
+    has been accepted for this configuration (Hydra's own copy is switched off in
+    configs/hydra/default.yaml), so a refused resume never relabels old results."""
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = Path(out_dir) / ".hydra"
+    files = {"config.yaml": cfg}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        files["overrides.yaml"] = OmegaConf.create(list(hydra_cfg.overrides.task))
+        files["hydra.yaml"] = OmegaConf.create({"hydra": hydra_cfg})
+    for name, node in files.items():
+        text = OmegaConf.to_yaml(node)
+        atomic_write(folder / name, lambda p, text=text: p.write_text(text))
+
+
 def lock_run_folder(out_dir: Path):
-    """An exclusive lock on the run folder, held while the returned file stays open (the
-    operating system drops it when the process ends, however it ends)."""
+    """An exclusive lock on the run folder, held while the returned file stays open (use it in
+    a ``with`` block; the operating system drops it when the process ends, however it ends)."""
     handle = open(out_dir / ".gmcert.lock", "a+")  # held open for the whole run
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -155,9 +176,8 @@ def lock_run_folder(out_dir: Path):
 
 
 def open_prediction_log(out_dir: Path, fingerprint: str) -> PredictionLog:
-    """The run's prediction log, with the folder locked for as long as the log is open; a
-    folder holding another configuration's predictions is refused."""
-    lock = lock_run_folder(out_dir)
+    """The run's prediction log (the caller holds the folder's lock); a folder holding another
+    configuration's predictions is refused."""
     stamp = out_dir / "run_fingerprint.txt"
     if stamp.exists() and stamp.read_text().strip() != fingerprint:
         raise ValueError(
@@ -165,4 +185,4 @@ def open_prediction_log(out_dir: Path, fingerprint: str) -> PredictionLog:
             "same config, or choose a fresh hydra.run.dir"
         )
     stamp.write_text(fingerprint + "\n")
-    return PredictionLog(out_dir / "predictions.csv", lock=lock)
+    return PredictionLog(out_dir / "predictions.csv")

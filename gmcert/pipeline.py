@@ -16,12 +16,13 @@ from gmcert.bounds.degradation import degrade
 from gmcert.certify.methods import CertifyInputs, build_methods
 from gmcert.certify.stage import certify_pending, certify_positions
 from gmcert.certify.transfer import radius_transfer
-from gmcert.config import check_certify_options
+from gmcert.config import check_options
 from gmcert.data import build_dataset
+from gmcert.data.digest import data_digest
 from gmcert.denoisers import build_denoiser
 from gmcert.device import resolve_device
 from gmcert.features import encode
-from gmcert.io import open_prediction_log, run_fingerprint
+from gmcert.io import lock_run_folder, open_prediction_log, run_fingerprint, write_run_config
 from gmcert.models.fitting import fit_mixture
 from gmcert.population.columns import add_population_columns
 from gmcert.provenance import StageTimer, provenance
@@ -31,10 +32,16 @@ from gmcert.report.table import add_empirical_robust_accuracy, evaluate
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run one job; returns the metrics it wrote to ``metrics.json``."""
+    """Run one job; returns the metrics it wrote to ``metrics.json``. The output folder is
+    locked for the whole job: a second run started in it is refused before any work."""
+    check_options(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_certify_options(cfg.certify)
+    with lock_run_folder(out_dir):
+        return _run_locked(cfg, out_dir)
+
+
+def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     timer = StageTimer()
@@ -42,10 +49,16 @@ def run(cfg: DictConfig) -> dict:
     with timer("data"):
         options = OmegaConf.to_container(cfg.dataset, resolve=True)
         data = build_dataset(options.pop("name"), **options)
+        digests = data_digest(data, cache_dir=cfg.paths.cache_dir)
     with timer("encode"):
         cache_dir = cfg.paths.cache_dir if cfg.cache.enabled else None
         latents = encode(
-            data, cfg.encoder, device=device, cache_dir=cache_dir, force=cfg.cache.force
+            data,
+            cfg.encoder,
+            device=device,
+            cache_dir=cache_dir,
+            force=cfg.cache.force,
+            data_digests=digests,
         )
     with timer("fit"):
         mixture = fit_mixture(latents.train, data.train.labels, cfg.mixture, seed=cfg.seed)
@@ -65,7 +78,8 @@ def run(cfg: DictConfig) -> dict:
         denoiser=build_denoiser(cfg.denoiser, sigma=cfg.certify.sigma, device=device),
     )
     methods = build_methods(cfg.certify.methods, inputs)
-    predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg))
+    predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg, digests))
+    write_run_config(out_dir, cfg)
     with timer("certify"):
         certify_pending(methods, predictions_log, positions, data.test)
     predictions = predictions_log.read()

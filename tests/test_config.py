@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import CONFIGS, compose_config, start_cli
 from hydra.errors import ConfigCompositionException
@@ -51,12 +53,27 @@ def test_type_errors_name_the_key(tmp_path, override, message):
     "override, message",
     [
         ("certify.norm=l3", r"certify.norm must be one of .*got 'l3'"),
-        ("certify.radii=[]", r"certify.radii must be a non-empty list of radii >= 0, got \[\]"),
+        ("certify.radii=[]", r"certify.radii must be a non-empty list of finite .*got \[\]"),
         ("certify.radii=[0.0,-0.5]", r"certify.radii must be a non-empty list .*-0.5"),
-        ("certify.ci_alpha=1.5", r"certify.ci_alpha must lie in \(0, 1\), got 1.5"),
-        ("certify.batch_size=0", "certify.batch_size must be >= 1, got 0"),
-        ("certify.stop=0", "certify.start/stop must satisfy 0 <= start < stop, got 0/0"),
+        ("certify.radii=[nan]", r"certify.radii must be .*finite.*got \[nan\]"),
+        ("certify.methods=[]", r"certify.methods must be a non-empty list from .*got \[\]"),
+        ("certify.methods=[smoothing]", r"certify.methods must be .*got \['smoothing'\]"),
+        ("certify.ci_alpha=1.5", r"certify.ci_alpha must be a level in \(0, 1\).*got 1.5"),
+        ("certify.batch_size=0", "certify.batch_size must be an integer >= 1, got 0"),
+        ("certify.stop=0", "certify.stop must be null or an integer > certify.start, got 0"),
+        ("certify.start=5 certify.stop=5", "0 <= start < stop, got 5/5"),
         ("certify.shard=3", "certify.shard must be in 0..shards-1, got shard=3, shards=1"),
+        ("certify.population_samples=-1", "certify.population_samples must be an integer >= 0"),
+        ("certify.sigma=0", r"certify.sigma must be a noise std > 0 \(pixel units\), got 0.0"),
+        ("divergence.estimators=[knnn]", r"divergence.estimators must be .*got \['knnn'\]"),
+        ("divergence.n_boot=-1", "divergence.n_boot must be an integer >= 0"),
+        ("mixture.holdout_fraction=0", r"mixture.holdout_fraction must be a fraction in \(0, 1\)"),
+        ("mixture.shrinkage=oops", r"mixture.shrinkage must be one of .*got 'oops'"),
+        ("mixture.covariance=fulll", r"mixture.covariance must be one of .*got 'fulll'"),
+        ("seed=4294967296", r"seed must be an integer in \[0, 2\*\*32 - 1\], got 4294967296"),
+        ("seed=-1", r"seed must be an integer in \[0, 2\*\*32 - 1\], got -1"),
+        ("attack.enabled=maybe", "attack.enabled must be true, false or auto, got 'maybe'"),
+        ("dataset.test_size=0", r"dataset.test_size must be a fraction in \(0, 1\), got 0.0"),
     ],
 )
 def test_bad_certify_options_fail_before_any_work(make_cfg, monkeypatch, override, message):
@@ -67,14 +84,38 @@ def test_bad_certify_options_fail_before_any_work(make_cfg, monkeypatch, overrid
 
     monkeypatch.setitem(DATASET_BUILDERS, "digits", no_data)
     with pytest.raises(ValueError, match=message):
-        run(make_cfg("certify=closed_form", override))
+        run(make_cfg("certify=closed_form", *override.split()))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset.dim=0", "dataset.dim must be an integer >= 1 (the input dimension), got 0"),
+        ("dataset.num_classes=1", "dataset.num_classes must be an integer >= 2, got 1"),
+        ("dataset.n_test=0", "dataset.n_test must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_dataset_options_fail_before_any_work(make_cfg, monkeypatch, override, message):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was built before the options were checked")
+
+    monkeypatch.setitem(DATASET_BUILDERS, "synthetic", no_data)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(make_cfg("certify=closed_form", "dataset=synthetic", override))
+
+
+def test_singular_fit_without_shrinkage_names_the_options(make_cfg):
+    cfg = make_cfg("certify=closed_form", "mixture.shrinkage=none", "mixture.reg_covar=0")
+    # Digits has constant (always blank) pixels: the unshrunk covariance is singular.
+    with pytest.raises(ValueError, match=r"not positive definite; fit with mixture.shrinkage="):
+        run(cfg)
 
 
 # Each error is its own process, run side by side (most of each is importing torch): a
 # composition error and a value error in the fast suite, two more of each kind in test-full.
 CLI_ERRORS = [
     (["encoder=nope"], "Could not find 'encoder/nope'"),
-    (["certify.radii=[-1]"], "certify.radii must be a non-empty list of radii >= 0"),
+    (["certify.radii=[-1]"], "certify.radii must be a non-empty list of finite radii >= 0"),
 ]
 MORE_CLI_ERRORS = [
     (["certify.radii=oops"], "certify.radii"),

@@ -8,13 +8,13 @@ import torch
 
 from gmcert.certify.linear import LinearCertifier
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in _DTYPES:
-        raise ValueError(f"certify.dtype must be one of {sorted(_DTYPES)}, got {name!r}")
-    return _DTYPES[name]
+    if name not in DTYPES:
+        raise ValueError(f"certify.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def latent_certifier(mixture, *, norm: str, device, dtype: torch.dtype):

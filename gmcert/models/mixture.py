@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from gmcert.eps.gaussian import cholesky
 from gmcert.models.moments import (
     SHRINKAGE_RULES,
     chunks,
@@ -261,7 +262,11 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         stacked = covs if covs.ndim == 3 else covs[None]
         precisions, logdets = [], []
         for cov in stacked:
-            chol = linalg.cholesky(cov, lower=True)
+            chol = cholesky(
+                cov,
+                "the fitted covariance",
+                hint="fit with mixture.shrinkage=ledoit_wolf (or oas), or mixture.reg_covar > 0",
+            )
             inv_chol = linalg.solve_triangular(chol, np.eye(len(cov)), lower=True)
             precisions.append(inv_chol.T @ inv_chol)
             logdets.append(2 * np.log(np.diag(chol)).sum())

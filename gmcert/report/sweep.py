@@ -3,9 +3,11 @@
 A run folder is any folder with Hydra's ``.hydra/`` or a ``predictions.csv``. Each is named by
 its overrides. Failed jobs (``failed.json``), unsound ones (``unsound.json``: an attack beat a
 certificate) and half-written ones (predictions but no table) are listed and skipped. Jobs
-that certified index ranges of one configuration (``certify.start`` / ``certify.stop``)
-share a run fingerprint; their predictions are merged and the table recomputed, identical
-to the table of one unsplit run.
+that certified index ranges of one configuration on the same data (``certify.start`` /
+``stop`` / ``shard``) share a run fingerprint; when their ranges are disjoint and together
+contiguous, their predictions are merged and the table recomputed, identical to the table of
+one unsplit run. Anything else (two complete runs of one configuration, overlapping or
+gapped parts) is listed side by side, each named by its folder.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class RunFolder:
     reason: str = ""
     fingerprint: str | None = None
     config: dict = field(default_factory=dict)
+    indices: tuple[int, int] | None = None  # the test positions [first, stop) it certified
 
 
 def _overrides_name(path: Path) -> str:
@@ -67,6 +70,9 @@ def inspect_run(path: Path) -> RunFolder:
     elif not (path / "certified_accuracy.csv").exists() or not (path / "metrics.json").exists():
         run.status = "incomplete"
         run.reason = "no certified_accuracy.csv / metrics.json: interrupted or still running"
+    else:
+        first, stop = json.loads((path / "metrics.json").read_text())["certified_indices"]
+        run.indices = (int(first), int(stop))
     return run
 
 
@@ -111,24 +117,45 @@ def _merged_table(group: list[RunFolder]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
+def parts_of_one_run(group: list[RunFolder]) -> bool:
+    """Whether runs of one fingerprint are the parts of one split run: their certified index
+    ranges are disjoint and, in order, leave no gap."""
+    ranges = sorted(r.indices for r in group)
+    return all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+
+
 def combine(runs: list[RunFolder]) -> pd.DataFrame:
     """Long table of every complete run (split parts merged), with a ``run`` column."""
     complete = [r for r in runs if r.status == "complete"]
     groups: dict[str, list[RunFolder]] = {}
     for r in complete:
         groups.setdefault(r.fingerprint or str(r.path), []).append(r)
-    tables = []
+    named = []  # (name, folder, table)
     for group in groups.values():
-        if len(group) > 1:
-            table = _merged_table(group)
-            name = f"{group[0].name} (merged {len(group)} parts)"
+        if len(group) > 1 and parts_of_one_run(group):
+            parts = sorted(r.indices for r in group)
+            first, stop = parts[0][0], parts[-1][1]
+            name = f"{group[0].name} (merged {len(group)} parts, points {first}-{stop - 1})"
+            named.append((name, None, _merged_table(group)))
         else:
-            table = pd.read_csv(group[0].path / "certified_accuracy.csv")
-            name = group[0].name
+            if len(group) > 1:
+                log.warning(
+                    "%d runs of one configuration certified overlapping or gapped index "
+                    "ranges; listed side by side, not merged: %s",
+                    len(group),
+                    ", ".join(str(r.path) for r in group),
+                )
+            for r in group:
+                named.append((r.name, r.path, pd.read_csv(r.path / "certified_accuracy.csv")))
+    if not named:
+        return pd.DataFrame()
+    counts = pd.Series([name for name, _, _ in named]).value_counts()
+    tables = []
+    for name, folder, table in named:
+        if counts[name] > 1 and folder is not None:
+            name = f"{name} [{folder.name}]"  # two runs must never share a row of the table
         table.insert(0, "run", name)
         tables.append(table)
-    if not tables:
-        return pd.DataFrame()
     return pd.concat(tables, ignore_index=True)
 
 
