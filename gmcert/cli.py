@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -51,6 +52,10 @@ def run_job(cfg: DictConfig) -> dict | None:
             log.debug("user error", exc_info=True)
             print(f"gmcert: error: {err}", file=sys.stderr)
             sys.exit(2)
+        if isinstance(err, OSError):
+            log.debug("file system error", exc_info=True)
+            print(f"gmcert: error: {file_error(err)}", file=sys.stderr)
+            sys.exit(2)
         raise
     from gmcert.report.table import format_table, read_table
 
@@ -80,6 +85,49 @@ def run_job(cfg: DictConfig) -> dict | None:
         )
     print(f"wrote {out_dir}")
     return metrics
+
+
+_FILE_ERROR_FIXES = {
+    errno.ENOSPC: "the disk is full: free space, or put hydra.run.dir / paths.cache_dir on "
+    "another disk, then run the same command again (it resumes where it stopped)",
+    errno.EDQUOT: "the disk quota is used up: free space, then run the same command again",
+    errno.EROFS: "the file system is read-only: choose a writable hydra.run.dir / paths.cache_dir",
+    errno.EACCES: "permission denied: fix the permissions, or choose a folder you can write "
+    "(hydra.run.dir, paths.cache_dir)",
+    errno.EPERM: "operation not permitted: fix the permissions, or choose another folder",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: fix the path in the config",
+    errno.EISDIR: "this is a folder where a file is expected: fix the path in the config",
+    errno.ENOENT: "no such file or folder: fix the path in the config",
+}
+
+
+def file_error(err: OSError) -> str:
+    """One line for a file system error: what, which file, and what to do."""
+    where = f" {err.filename}" if err.filename else ""
+    fix = _FILE_ERROR_FIXES.get(err.errno, "check the path and the disk")
+    return f"{err.strerror or err}:{where}; {fix}"
+
+
+class CheckOutputFolder(Callback):
+    """Before Hydra creates the output folder (and would fail there with a traceback): make it,
+    or stop with one line saying why not and what to do."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._make(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._make(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _make(folder: str) -> None:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(
+                f"gmcert: error: cannot create the output folder: {file_error(err)}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
 
 class FailedJobs(Callback):

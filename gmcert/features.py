@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from gmcert.data import LabelledData
 from gmcert.data.digest import file_digest
 from gmcert.encoders import build_encoder
+from gmcert.memory import check_memory
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ def extract_features(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and bf16):
             z = encoder(x)
+        if not chunks:  # the first batch tells the latent size: refuse what cannot fit
+            check_memory(
+                len(inputs) * z.shape[1] * 4,
+                f"the {desc} latents ({len(inputs):,} x {z.shape[1]:,} float32)",
+                "use a pretrained encoder (encoder=resnet50, vit, clip, dinov2) or fewer "
+                "images (dataset.train_per_class, dataset.max)",
+            )
         chunks.append(z.float().cpu())
     if not chunks:
         raise ValueError(f"no inputs to encode for {desc!r}")
@@ -95,7 +103,8 @@ def _verified_load(entry: Path, key: str) -> tuple[np.ndarray, np.ndarray] | Non
             if file_digest(entry / name) != meta["sha256"][name]:
                 raise ValueError(f"{name} digest mismatch")
         return np.load(entry / "latents.npy"), np.load(entry / "labels.npy")
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        # Malformed metadata (a list, a string, a missing digest) is as unusable as a torn file.
         log.warning("feature cache entry %s is unusable (%s); rebuilding it", entry, err)
         return None
 
@@ -121,24 +130,42 @@ def cached(
             log.info("feature cache hit %s", entry)
             return hit, True
     latents, labels = compute()
+    try:
+        _store(entry, key, material, latents, labels)
+    except OSError as err:  # a read-only or full cache costs time next run, never this result
+        log.warning(
+            "cannot store features in the cache at %s (%s); this run goes on without it. Set "
+            "paths.cache_dir to a writable folder, or cache.enabled=false",
+            entry.parent,
+            err.strerror or err,
+        )
+    return (latents, labels), False
+
+
+def _store(entry: Path, key: str, material: dict, latents, labels) -> None:
+    """Write an entry into a temporary folder beside it, then rename it into place; a failed
+    write (a full disk) leaves nothing behind."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
-    np.save(tmp / "latents.npy", latents)
-    np.save(tmp / "labels.npy", labels)
-    meta = {
-        "key": key,
-        "material": material,
-        "shape": list(latents.shape),
-        "sha256": {n: file_digest(tmp / n) for n in ("latents.npy", "labels.npy")},
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    try:
+        np.save(tmp / "latents.npy", latents)
+        np.save(tmp / "labels.npy", labels)
+        meta = {
+            "key": key,
+            "material": material,
+            "shape": list(latents.shape),
+            "sha256": {n: file_digest(tmp / n) for n in ("latents.npy", "labels.npy")},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if entry.exists():
         shutil.rmtree(entry, ignore_errors=True)
     try:
         os.replace(tmp, entry)
     except OSError:  # another sweep job stored the same entry first: theirs is as good
         shutil.rmtree(tmp, ignore_errors=True)
-    return (latents, labels), False
 
 
 # Options of a pretrained encoder that shape extraction speed, not the latents.

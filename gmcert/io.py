@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -102,8 +105,19 @@ class PredictionLog:
                 )
 
     def _cut_torn_tail(self) -> None:
+        """Cut what a crash can leave after the last complete row: a torn line, or a block of
+        NUL bytes (the file's size reached the disk before its data did)."""
         data = self.path.read_bytes()
-        keep = data.rfind(b"\n") + 1
+        nul = data.find(b"\0")
+        end = len(data) if nul < 0 else nul
+        keep = data.rfind(b"\n", 0, end) + 1
+        if nul >= 0:
+            log.warning(
+                "%s holds NUL bytes from byte %d (a crash before the disk caught up); cutting "
+                "it after its last complete row before them, and certifying the rest again",
+                self.path,
+                nul,
+            )
         if keep != len(data):
             with open(self.path, "r+b") as f:
                 f.truncate(keep)
@@ -115,7 +129,18 @@ class PredictionLog:
             os.fsync(f.fileno())
 
     def read(self) -> pd.DataFrame:
-        return pd.read_csv(self.path)
+        try:
+            frame = pd.read_csv(self.path)
+            frame["index"] = frame["index"].astype(np.int64)  # a damaged row fails here
+            if frame["method"].isna().any():
+                raise ValueError("a row without a method")
+        except (ValueError, KeyError, TypeError) as err:
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            raise ValueError(
+                f"{self.path} is damaged ({reason}); delete its damaged rows (or the file, to "
+                "certify everything again) and run the same command"
+            ) from None
+        return frame
 
     def done(self, method: str) -> set[int]:
         frame = self.read()

@@ -9,7 +9,6 @@ to put it.  ``weights=None`` / "random" builds a randomly initialised network, f
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,10 +52,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+    except OSError:
+        raise
+    except Exception:  # a text file fails with KeyError, a damaged one with others
         raise ValueError(
-            f"cannot read {p} with torch.load(weights_only=True): {err}. gmcert only loads "
-            "plain tensor state dicts (no pickled code, for safety); re-save it with "
+            f"cannot read {p} as a weight file: torch.load(weights_only=True) refuses it (a "
+            "text or damaged file, or one holding pickled objects). gmcert only loads plain "
+            "tensor state dicts (no pickled code, for safety); re-save it with "
             "torch.save(model.state_dict(), path)"
         ) from None
     for _ in range(3):  # checkpoints nest at most a couple of levels

@@ -18,15 +18,35 @@ from sklearn.model_selection import train_test_split
 
 from gmcert.certify.latent import certify_latents
 from gmcert.certify.linear import LinearCertifier
+from gmcert.memory import check_memory
 from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.population.ceiling import impossibility_radius, robust_tau
 
 log = logging.getLogger(__name__)
 
 
+# d x d float64 matrices a fit holds at once per covariance (scatter, shrunk covariance, its
+# Cholesky factor and inverse, the precision, a temporary): measured peak on digits, rounded up.
+_MATRICES_PER_COVARIANCE = 6
+
+
+def fit_memory_bytes(dim: int, num_classes: int, covariance: str) -> int:
+    """Peak bytes of the covariance algebra of one fit of ``covariance`` on ``dim`` latents."""
+    per_class = covariance in ("full", "lowrank")
+    matrices = 0 if covariance == "diag" else (num_classes if per_class else 1)
+    return _MATRICES_PER_COVARIANCE * matrices * dim * dim * 8
+
+
 def fit_mixture(Z_train, y_train, mixture_cfg, *, seed: int) -> GaussianMixtureClassifier:
     """The mixture fitted as ``mixture_cfg`` says: plain, or robust at ``robust_radius``."""
     opts = OmegaConf.to_container(mixture_cfg, resolve=True)
+    dim, num_classes = Z_train.shape[1], len(np.unique(y_train))
+    check_memory(
+        fit_memory_bytes(dim, num_classes, opts["covariance"]),
+        f"fitting mixture.covariance={opts['covariance']} on {dim}-dimensional latents",
+        "use a pretrained encoder (encoder=resnet50, vit, clip, dinov2), fewer dimensions "
+        "(encoder=pca on in-memory data), or mixture.covariance=diag",
+    )
     opts.pop("name", None)
     robust_radius = opts.pop("robust_radius")
     holdout = opts.pop("holdout_fraction")

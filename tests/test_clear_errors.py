@@ -1,0 +1,147 @@
+"""Damaged inputs, unwritable outputs and full disks: one line naming the file and the fix,
+never a traceback from inside a library, never lost results."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import gmcert.features as features
+from gmcert.cli import file_error
+from gmcert.encoders.weights import read_state_dict
+from gmcert.features import cached
+from gmcert.io import PredictionLog
+
+
+def rows(indices):
+    return pd.DataFrame(
+        {
+            "method": "closed_form",
+            "index": indices,
+            "label": 1,
+            "predict": 1,
+            "radius_latent": 0.5,
+            "radius_input": 0.5,
+            "correct": True,
+            "seconds": 0.1,
+        }
+    )
+
+
+def test_a_nul_block_after_a_crash_is_cut_and_the_run_resumes(tmp_path):
+    path = tmp_path / "predictions.csv"
+    PredictionLog(path).append(rows([0, 1, 2]))
+    with open(path, "ab") as f:  # the file's size reached the disk, its last block did not
+        f.write(b"closed_form,3,1,1,0.5,0.5,True,0.1\n" + b"\0" * 4096)
+    reopened = PredictionLog(path)
+    assert reopened.done("closed_form") == {0, 1, 2, 3}
+    reopened.append(rows([4]))
+    assert reopened.read()["index"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_damaged_row_names_the_file(tmp_path):
+    path = tmp_path / "predictions.csv"
+    PredictionLog(path).append(rows([0, 1]))
+    with open(path, "a") as f:
+        f.write("closed_form,oops,1,1,0.5,0.5,True,0.1\n")
+    with pytest.raises(ValueError, match=r"predictions.csv is damaged .*delete its damaged rows"):
+        PredictionLog(path).read()
+
+
+def test_a_text_file_given_as_weights_is_a_clear_error(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_text("hello, not a weight file\n")
+    with pytest.raises(ValueError, match=r"cannot read .*weights.pth as a weight file"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', '{"key": 3}', "{"])
+def test_malformed_cache_metadata_is_rebuilt(tmp_path, meta):
+    def compute():
+        return np.ones((3, 2), np.float32), np.arange(3)
+
+    material = {"encoder": "identity"}
+    cached(material, compute, cache_dir=tmp_path)
+    (meta_file,) = (tmp_path / "features").glob("*/meta.json")
+    meta_file.write_text(meta)
+    (latents, _), hit = cached(material, compute, cache_dir=tmp_path)
+    assert not hit and latents.shape == (3, 2)
+    assert json.loads(meta_file.read_text())["shape"] == [3, 2]  # stored again, whole
+
+
+def test_an_unwritable_cache_costs_the_cache_not_the_run(tmp_path, monkeypatch, caplog):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.npy"))
+
+    monkeypatch.setattr(features.np, "save", full_disk)
+    (latents, _), hit = cached(
+        {"a": 1}, lambda: (np.ones((2, 2)), np.arange(2)), cache_dir=tmp_path
+    )
+    assert not hit and latents.shape == (2, 2)
+    assert "cannot store features in the cache" in caplog.text
+    assert list((tmp_path / "features").iterdir()) == []  # no half-written entry left
+
+
+@pytest.mark.parametrize(
+    "code, fix",
+    [
+        (errno.ENOSPC, "the disk is full"),
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "read-only"),
+        (errno.ENOTDIR, "is a file, not a folder"),
+    ],
+)
+def test_file_errors_are_one_line_with_the_file_and_the_fix(code, fix):
+    message = file_error(OSError(code, "reason", "/data/run/predictions.csv"))
+    assert "/data/run/predictions.csv" in message and fix in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_an_output_folder_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gmcert.cli", f"hydra.run.dir={tmp_path}/file/run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "cannot create the output folder" in proc.stderr
+    assert "is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_fit_too_big_for_memory_is_refused_with_the_number(monkeypatch):
+    import gmcert.memory
+    from gmcert.models.fitting import fit_memory_bytes
+
+    # encoder=identity on ImageNet: one shared 150528 x 150528 covariance.
+    assert fit_memory_bytes(3 * 224 * 224, 1000, "shared") > 1000 * gmcert.memory.GIB
+    monkeypatch.setattr(gmcert.memory, "physical_memory", lambda: 64 * gmcert.memory.GIB)
+    with pytest.raises(
+        ValueError, match=r"on 150528-dimensional latents needs about 1,01\d\.\d GiB.*encoder=pca"
+    ):
+        gmcert.memory.check_memory(
+            fit_memory_bytes(150528, 1000, "shared"),
+            "fitting mixture.covariance=shared on 150528-dimensional latents",
+            "use a pretrained encoder, or encoder=pca",
+        )
+
+
+def test_the_pipeline_refuses_before_fitting_or_encoding(make_cfg, monkeypatch):
+    import gmcert.memory
+    from gmcert.pipeline import run
+
+    cfg = make_cfg("certify=closed_form", "attack=none", "divergence.enabled=false")
+    monkeypatch.setattr(gmcert.memory, "physical_memory", lambda: 400_000)
+    with pytest.raises(ValueError, match=r"the encode train latents \(1,437 x 64 float32\)"):
+        run(cfg)
+    monkeypatch.setattr(gmcert.memory, "physical_memory", lambda: 200_000)
+    monkeypatch.setattr(features, "check_memory", lambda *args: None)
+    with pytest.raises(ValueError, match=r"fitting mixture.covariance=shared on 64-dimensional"):
+        run(cfg)
