@@ -96,6 +96,27 @@ class PCAConfig:
 
 
 @dataclass
+class LipschitzConfig:
+    """A 1-Lipschitz (l2) network gmcert trains on the train split (encoders/lipschitz.py)."""
+
+    name: str = "lipschitz"
+    latent_dim: int = 10
+    width: int = 256  # units per hidden layer, a multiple of group_size
+    depth: int = 2  # orthogonal layer + GroupSort, this many times, then the projection
+    group_size: int = 2  # GroupSort's group; 2 is MaxMin
+    # Objective (gmcert/encoders/gm_objective.py): every class N(mu_k, target_std^2 I) ...
+    target_std: float = 0.25
+    margin: float = 1.0  # ... and each train point's certified radius (input l2) pushed to this
+    fit_weight: float = 0.03
+    margin_weight: float = 1.0
+    likelihood_weight: float = 0.1
+    epochs: int = 150
+    train_batch_size: int = 256  # not batch_size: that is the encode stage's extraction batch
+    lr: float = 0.01
+    seed: int = 0  # configs/encoder/lipschitz.yaml sets it to the run's seed
+
+
+@dataclass
 class PretrainedConfig:
     name: str = MISSING
     # "default": the library's weights from its local cache; a path; or "random" (tests only).
@@ -178,9 +199,30 @@ class AttackConfig:
 
 @dataclass
 class DenoiserConfig:
-    """Denoised smoothing: a denoiser in front of the encoder (smoothing methods only)."""
+    """Denoised smoothing: a denoiser in front of the encoder (smoothing methods only).
 
-    name: str = "none"
+    Values are checked by :func:`gmcert.denoisers.build_denoiser`, which names the fix.
+    """
+
+    name: str = "none"  # none | diffusion | custom
+    # diffusion: a diffusers folder (config.json + diffusion_pytorch_model.safetensors or .bin,
+    # optionally scheduler_config.json), or with builder a state-dict file; custom: an optional
+    # state-dict file for the builder's module. Read locally, never downloaded.
+    weights: str | None = None
+    # "package.module:function": custom: returns the denoiser; diffusion: returns the
+    # noise-prediction network eps(x_t, t) (e.g. a checkpoint that is not in diffusers format).
+    builder: str | None = None
+    timestep: int | None = None  # diffusion: force t*; null: matched to certify.sigma
+    # diffusion: side (px) the network runs at; null: the data's own resolution.
+    image_size: int | None = None
+    # diffusion schedule; null: scheduler_config.json, else DDPM's (linear, 1e-4..0.02, 1000)
+    beta_schedule: str | None = None
+    beta_start: float | None = None
+    beta_end: float | None = None
+    num_train_timesteps: int | None = None
+    prediction_type: str | None = None  # epsilon | sample | v_prediction; null: as above
+    bf16: bool = True  # bf16 autocast, on CUDA only
+    max_batch: int | None = None  # images per denoiser call; null: the whole noise batch
 
 
 @dataclass
@@ -223,7 +265,12 @@ DATASET_SCHEMAS = {
     "cifar10": Cifar10Config,
     "imagenet": ImageNetConfig,
 }
-ENCODER_SCHEMAS = {"identity": IdentityConfig, "pca": PCAConfig, "pretrained": PretrainedConfig}
+ENCODER_SCHEMAS = {
+    "identity": IdentityConfig,
+    "pca": PCAConfig,
+    "lipschitz": LipschitzConfig,
+    "pretrained": PretrainedConfig,
+}
 
 
 def register_configs() -> None:

@@ -33,7 +33,7 @@ from gmcert.memory import check_memory
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: float64 latents kept for encoders that compute in float64
 
 
 @torch.inference_mode()
@@ -80,7 +80,8 @@ def extract_features(
                 "use a pretrained encoder (encoder=resnet50, vit, clip, dinov2) or fewer "
                 "images (dataset.train_per_class, dataset.max)",
             )
-        chunks.append(z.float().cpu())
+        # float32 latents, unless the encoder computes in float64 for exact certificates.
+        chunks.append((z if z.dtype == torch.float64 else z.float()).cpu())
     if not chunks:
         raise ValueError(f"no inputs to encode for {desc!r}")
     return torch.cat(chunks).numpy()
@@ -198,8 +199,11 @@ def encode(
         # The bound covers the resize from the data's native size: it needs that size.
         opts["source_size"] = tuple(data.test.batch([0]).shape[-2:])
         opts["device"] = device
-    encoder = build_encoder(name, **opts)
-    encoder.fit(data.train.inputs)  # learns from train only (PCA); a no-op for the others
+    # encoder=lipschitz trains its own weights and keeps them in this cache (None: retrain).
+    trained_weights = {"cache_dir": cache_dir, "force": force} if name == "lipschitz" else {}
+    encoder = build_encoder(name, **opts, **trained_weights)
+    # Learns from train only (PCA from the inputs, lipschitz from inputs and labels).
+    encoder.fit(data.train.inputs, data.train.labels)
     weights = opts.get("weights")
     material = {
         "dataset": data.name,

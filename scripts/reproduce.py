@@ -1,9 +1,10 @@
 """`make reproduce`: every experiment whose data and weights are present, then one report.
 
-The embedded experiments (digits, synthetic_exact, eps_controlled) always run. A paper-scale
-experiment runs when its dataset folder and weight file are present; otherwise its line says
-what is missing and the exact command to run once they are. Everything lands in one dated
-folder (the artefact an appendix would cite), ending with gmcert-report's combined tables.
+The embedded experiments (digits, digits_lipschitz, synthetic_exact, eps_controlled) always
+run. A paper-scale experiment runs when its dataset folder and weight file are present;
+otherwise its line says what is missing and the exact command to run once they are.
+Everything lands in one dated folder (the artefact an appendix would cite), ending with
+gmcert-report's combined tables.
 """
 
 from __future__ import annotations
@@ -43,13 +44,26 @@ def experiments() -> list[Experiment]:
     imagenet = ("ImageNet train/ and val/ folders", data_dir() / "imagenet" / "val")
     vit = ("ViT-B/16 weights", weight_file(models.ViT_B_16_Weights.DEFAULT))
     resnet = ("ResNet-50 weights", weight_file(models.ResNet50_Weights.DEFAULT))
+    # The dds experiments' denoiser.weights folders (configs/experiment/*_dds.yaml).
+    denoisers = data_dir() / "denoisers"
+    ddpm_cifar = (
+        "diffusers folder of google/ddpm-cifar10-32 (save_pretrained)",
+        denoisers / "ddpm-cifar10-32",
+    )
+    ddpm_imagenet = (
+        "diffusers folder of an unconditional 256 px ImageNet diffusion model",
+        denoisers / "imagenet-256-uncond",
+    )
     return [
         Experiment("digits", sweep=False),
+        Experiment("digits_lipschitz", sweep=False),
         Experiment("synthetic_exact", sweep=True),
         Experiment("eps_controlled", sweep=True),
         Experiment("cifar10_vit", sweep=True, needs=[cifar, vit]),
         Experiment("cifar10_resnet50", sweep=True, needs=[cifar, resnet]),
         Experiment("imagenet_vit", sweep=True, needs=[imagenet, vit]),
+        Experiment("cifar10_vit_dds", sweep=True, needs=[cifar, vit, ddpm_cifar]),
+        Experiment("imagenet_vit_dds", sweep=True, needs=[imagenet, vit, ddpm_imagenet]),
     ]
 
 

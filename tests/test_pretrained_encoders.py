@@ -230,7 +230,7 @@ def test_vit_state_dict_round_trip(tmp_path):
 
 
 def test_registry():
-    assert set(PRETRAINED) == set(ENCODER_BUILDERS) - {"identity", "pca"}
+    assert set(PRETRAINED) == set(ENCODER_BUILDERS) - {"identity", "pca", "lipschitz"}
     with pytest.raises(ValueError, match=r"unknown encoder 'resnet5O'; choose one of \[.*'vit'"):
         build_encoder("resnet5O")
     enc = build_encoder("resnet18", weights=None, image_size=32)

@@ -155,8 +155,7 @@ def test_coin_flip_base_abstains():
     # Whichever class the selection picked, its count is Binomial(5000, 1/2).
     assert np.mean([c.n_a for c in certs]) == pytest.approx(2500, abs=30)
     predictions = [
-        smoothed.predict(torch.as_tensor(x), n=2000, seed=i)
-        for i, x in enumerate(xs[:10])
+        smoothed.predict(torch.as_tensor(x), n=2000, seed=i) for i, x in enumerate(xs[:10])
     ]
     assert predictions.count(ABSTAIN) >= 9
 

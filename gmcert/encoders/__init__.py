@@ -3,10 +3,14 @@
 Every encoder maps a batch of inputs (pixels in [0, 1]) to latents (B, d) and carries
 ``lipschitz``: an l2 -> l2 Lipschitz bound of the whole map, or None when none is known (then
 certificates stay in latent units); ``linear_map()``: the exact map for encoders linear in
-their input (a :class:`~gmcert.encoders.linear.LinearMap`), else None; ``fit(train_inputs)``:
-a no-op except for encoders learned from the train split (PCA).
+their input (a :class:`~gmcert.encoders.linear.LinearMap`), else None;
+``fit(train_inputs, train_labels=None)``: a no-op except for encoders learned from the train
+split (PCA from its inputs, lipschitz from its inputs and labels).
 
-Modules: :mod:`~gmcert.encoders.linear` (identity, PCA), :mod:`~gmcert.encoders.wrapper` (the
+Modules: :mod:`~gmcert.encoders.linear` (identity, PCA), :mod:`~gmcert.encoders.lipschitz` (a
+1-Lipschitz network gmcert trains itself: its layers, objective, training loop and weight cache
+in ``lipschitz_layers``, ``gm_objective``, ``lipschitz_training``, ``weight_cache``),
+:mod:`~gmcert.encoders.wrapper` (the
 frozen :class:`PretrainedEncoder` every pretrained builder returns and the :class:`BuildOptions`
 they all take),
 :mod:`~gmcert.encoders.torchvision_models` (ResNet-18/50, ViT-B/16),
@@ -25,6 +29,7 @@ from torch import nn
 
 from gmcert.encoders import hub_models, torchvision_models
 from gmcert.encoders.linear import IdentityEncoder, PCAEncoder
+from gmcert.encoders.lipschitz import LipschitzEncoder
 from gmcert.encoders.wrapper import BuildOptions, PretrainedEncoder
 
 # Pretrained builders take (BuildOptions, **own keywords).  torchvision weights are only read
@@ -42,6 +47,7 @@ _HUB: dict[str, Callable[..., PretrainedEncoder]] = {
 ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "identity": IdentityEncoder,
     "pca": PCAEncoder,
+    "lipschitz": LipschitzEncoder,
     **_TORCHVISION,
     **_HUB,
 }
@@ -72,6 +78,7 @@ __all__ = [
     "PRETRAINED",
     "BuildOptions",
     "IdentityEncoder",
+    "LipschitzEncoder",
     "PCAEncoder",
     "PretrainedEncoder",
     "build_encoder",

@@ -51,7 +51,7 @@ class IdentityEncoder(nn.Module):
     lipschitz = 1.0
     name = "identity"
 
-    def fit(self, train_inputs: np.ndarray) -> IdentityEncoder:
+    def fit(self, train_inputs: np.ndarray, train_labels=None) -> IdentityEncoder:
         return self
 
     def linear_map(self) -> LinearMap:
@@ -75,7 +75,7 @@ class PCAEncoder(nn.Module):
         self.n_components, self.whiten = n_components, whiten
         self.lipschitz: float | None = None
 
-    def fit(self, train_inputs: np.ndarray) -> PCAEncoder:
+    def fit(self, train_inputs: np.ndarray, train_labels=None) -> PCAEncoder:
         from sklearn.decomposition import PCA
 
         if not isinstance(train_inputs, np.ndarray):

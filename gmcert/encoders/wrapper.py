@@ -117,7 +117,7 @@ class PretrainedEncoder(nn.Module):
             log.debug("%s is frozen: train(True) ignored, it stays in eval mode", self.name)
         return super().train(False)
 
-    def fit(self, train_inputs) -> PretrainedEncoder:
+    def fit(self, train_inputs, train_labels=None) -> PretrainedEncoder:
         """Nothing to learn: a pretrained encoder is frozen (every encoder has ``fit``)."""
         return self
 

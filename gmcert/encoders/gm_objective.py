@@ -1,0 +1,109 @@
+"""The loss that shapes a Lipschitz encoder's latents into the mixture the head will fit.
+
+Target: class k's latents z ~ Q_k = N(mu_k, s^2 I_d), the same covariance s^2 I for every class
+(what ``mixture=shared`` fits, and a Ledoit-Wolf shrinkage towards a scaled identity leaves
+unchanged). The Bayes rule of such a mixture (equal priors) is the nearest mean, so the
+certified latent l2 radius of a correctly classified z is its distance to the nearest bisector,
+
+    r(z) = min_{j != k} ((mu_k - mu_j) . z - (|mu_k|^2 - |mu_j|^2) / 2) / |mu_k - mu_j|,
+
+and a 1-Lipschitz encoder makes it an input l2 radius as well. Three terms, each a mean over
+the batch:
+
+- ``fit``: sum_k p_k KL(N(m_k, C_k) || N(mu_k, s^2 I)) with m_k, C_k the class's batch mean and
+  covariance and p_k its batch share,
+
+      KL = 1/2 [tr(C_k) / s^2 - d - log det(C_k / s^2) + |m_k - mu_k|^2 / s^2].
+
+  Because log Q_k is quadratic, KL(P_k || Q_k) = KL(P_k || N(m_k, C_k)) + KL(N(m_k, C_k) || Q_k)
+  exactly: this term is the moment part of the eps the run estimates (the rest is P_k's
+  non-Gaussianity). Its log det keeps a class from collapsing and its trace from spreading.
+- ``margin``: mean hinge (margin - r(z))_+ / margin, pushing every training point's certified
+  radius to ``margin``.
+- ``likelihood``: cross-entropy of Q's posterior, log-softmax_k(-|z - mu_k|^2 / (2 s^2)): the
+  mixture's own classification loss.
+
+Priors are left out of the rule: the datasets this serves are near balanced, and the head's
+empirical priors shift each bisector by s^2 log(pi_k / pi_j) / |mu_k - mu_j|, small at the
+target's scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ObjectiveWeights:
+    """The target's standard deviation s, the hinge's target radius, and each term's weight."""
+
+    target_std: float
+    margin: float
+    fit: float = 1.0
+    margin_weight: float = 1.0
+    likelihood: float = 0.0
+
+    def __post_init__(self):
+        if not self.target_std > 0:
+            raise ValueError(f"target_std must be > 0, got {self.target_std}")
+        if not self.margin > 0:
+            raise ValueError(f"margin must be > 0, got {self.margin}")
+        if min(self.fit, self.margin_weight, self.likelihood) < 0:
+            raise ValueError("objective weights (fit, margin_weight, likelihood) must be >= 0")
+
+
+def bisector_radius(z: Tensor, labels: Tensor, means: Tensor) -> Tensor:
+    """r(z) for each row: signed l2 distance from z to the nearest bisector between its own
+    class mean and a rival's (negative when a rival's mean is closer). z (n, d), means (K, d)."""
+    own = means[labels]  # (n, d)
+    diff = own[:, None, :] - means[None, :, :]  # (n, K, d)
+    gap = diff.norm(dim=-1)  # (n, K)
+    midpoint = (own[:, None, :] + means[None, :, :]) / 2
+    signed = ((z[:, None, :] - midpoint) * diff).sum(-1) / gap.clamp_min(1e-12)
+    signed = signed.masked_fill(F.one_hot(labels, len(means)).bool(), float("inf"))
+    return signed.min(dim=1).values
+
+
+def gaussian_fit(z: Tensor, labels: Tensor, means: Tensor, target_std: float) -> Tensor:
+    """sum_k p_k KL(N(m_k, C_k) || N(mu_k, s^2 I)) over the classes with at least two points
+    in the batch (a covariance needs two). A tiny ridge keeps log det finite when a class has
+    fewer points than dimensions."""
+    d = z.shape[1]
+    eye = torch.eye(d, dtype=z.dtype, device=z.device)
+    var = target_std**2
+    total = z.new_zeros(())
+    for k in torch.unique(labels):
+        zk = z[labels == k]
+        if len(zk) < 2:
+            continue
+        centred = zk - zk.mean(0)
+        scaled = centred.T @ centred / ((len(zk) - 1) * var) + 1e-6 * eye  # C_k / s^2
+        kl = 0.5 * (
+            torch.diagonal(scaled).sum()
+            - d
+            - torch.logdet(scaled)
+            + (zk.mean(0) - means[k]).square().sum() / var
+        )
+        total = total + kl * len(zk) / len(z)
+    return total
+
+
+def gm_loss(z: Tensor, labels: Tensor, means: Tensor, weights: ObjectiveWeights) -> dict:
+    """The terms and their weighted sum (``"total"``), as 0-d tensors."""
+    terms = {
+        "fit": gaussian_fit(z, labels, means, weights.target_std),
+        "margin": F.relu(weights.margin - bisector_radius(z, labels, means)).mean()
+        / weights.margin,
+    }
+    if weights.likelihood:
+        logits = -(z[:, None, :] - means[None]).square().sum(-1) / (2 * weights.target_std**2)
+        terms["likelihood"] = F.cross_entropy(logits, labels)
+    total = weights.fit * terms["fit"] + weights.margin_weight * terms["margin"]
+    if weights.likelihood:
+        total = total + weights.likelihood * terms["likelihood"]
+    terms["total"] = total
+    return terms

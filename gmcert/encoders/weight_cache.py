@@ -1,0 +1,100 @@
+"""Content-addressed cache of weights an encoder trains itself.
+
+An entry ``<cache_dir>/<stage>/<key>/`` holds ``weights.pt`` (a state dict of tensors) and
+``meta.json`` (the key, what it was computed from, the weight file's SHA-256). ``key`` is the
+SHA-256 of everything that determines the weights: the training inputs and labels (their
+bytes, dtype and shape), every option of the encoder and ``WEIGHTS_VERSION`` (raise it when a
+change to the training code changes what the same options produce). An entry is written to a
+temporary folder and renamed into place, so a reader never sees half of one; before use its
+digest is checked and it is read with ``torch.load(weights_only=True)`` (tensors only, no
+pickled code), and an entry that fails either is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_VERSION = 1
+_WEIGHTS = "weights.pt"
+
+
+def array_digest(x) -> str:
+    """SHA-256 of an array's dtype, shape and bytes."""
+    x = np.ascontiguousarray(np.asarray(x))
+    h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+    h.update(x.tobytes())
+    return h.hexdigest()
+
+
+def weights_key(train_inputs, train_labels, options: dict) -> str:
+    """The entry's key: training data, every encoder option, ``WEIGHTS_VERSION``."""
+    material = {
+        "version": WEIGHTS_VERSION,
+        "train_inputs": array_digest(train_inputs),
+        "train_labels": array_digest(train_labels),
+        "options": options,
+    }
+    blob = json.dumps(material, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_weights(cache_dir, stage: str, key: str) -> dict[str, torch.Tensor] | None:
+    """The state dict stored under ``key``, or None when there is no usable entry (missing,
+    wrong key, digest mismatch, unreadable: the last three are logged)."""
+    entry = Path(cache_dir) / stage / key
+    if not entry.exists():
+        return None
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if meta.get("key") != key:
+            raise ValueError("key mismatch")
+        if _file_digest(entry / _WEIGHTS) != meta["sha256"]:
+            raise ValueError(f"{_WEIGHTS} digest mismatch")
+        state = torch.load(entry / _WEIGHTS, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{_WEIGHTS} is not a state dict")
+        return state
+    # UnpicklingError: weights_only refused something other than tensors and containers.
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        log.warning("weight cache entry %s is unusable (%s); retraining", entry, err)
+        return None
+
+
+def store_weights(
+    cache_dir, stage: str, key: str, state: dict[str, torch.Tensor], material: dict
+) -> Path:
+    """Write ``state`` under ``key`` atomically; returns the entry's folder."""
+    entry = Path(cache_dir) / stage / key
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
+    torch.save({name: t.detach().cpu() for name, t in state.items()}, tmp / _WEIGHTS)
+    meta = {"key": key, "version": WEIGHTS_VERSION, "material": material}
+    meta["sha256"] = _file_digest(tmp / _WEIGHTS)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    if entry.exists():  # an unusable entry being rebuilt
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # another job stored the same key first: its weights are the same
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry
