@@ -45,6 +45,8 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     timer = StageTimer()
+    # Built first: missing denoiser weights stop the run before any data is read.
+    denoiser = build_denoiser(cfg.denoiser, sigma=cfg.certify.sigma, device=device)
 
     with timer("data"):
         options = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -75,7 +77,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         options=cfg.certify,
         seed=cfg.seed,
         transfer=transfer,
-        denoiser=build_denoiser(cfg.denoiser, sigma=cfg.certify.sigma, device=device),
+        denoiser=denoiser,
     )
     methods = build_methods(cfg.certify.methods, inputs)
     predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg, digests))

@@ -144,9 +144,11 @@ class Smoothing:
     Radii are l2 in input pixel units. As in Cohen et al., the head is trained under the
     noise it is smoothed with (``noise_trained``): for the mixture on an encoder linear in its
     input exactly (class covariances Sigma_k + sigma^2 W W^T), otherwise on encodings of
-    ``certify.noise_copies`` noisy copies of each train input; ``noise_trained=False`` keeps
-    the clean-trained head (methods ``*_clean``). A test point's noise depends only on the run's
-    seed and the point's index in the dataset, so resumed, sharded and unsplit runs agree.
+    ``certify.noise_copies`` noisy copies of each train input, passed through the denoiser
+    first when one is configured; ``noise_trained=False`` keeps the clean-trained head
+    (methods ``*_clean``: with a denoiser, Carlini et al.'s off-the-shelf setting). A test
+    point's noise depends only on the run's seed and the point's index in the dataset, so
+    resumed, sharded and unsplit runs agree.
     """
 
     norm = "l2"
@@ -179,10 +181,17 @@ class Smoothing:
     def _head(self, inputs: CertifyInputs, head: str, noise_trained: bool) -> torch.nn.Module:
         mixture, encoder, train = inputs.mixture, inputs.encoder, inputs.data.train
         Z, y = inputs.train_latents, train.labels
-        exact_noise = head == "gmm" and inputs.transfer.linear is not None
+        # The closed form holds for latents W (x + e); a denoiser in between breaks it.
+        exact_noise = (
+            head == "gmm" and inputs.transfer.linear is not None and inputs.denoiser is None
+        )
         if noise_trained and not exact_noise:
+            # Train on what the smoothed base will see: encoder(denoiser(x + e)).
+            seen = encoder
+            if inputs.denoiser is not None:
+                seen = torch.nn.Sequential(inputs.denoiser, encoder)
             Z, y = noisy_latents(
-                encoder,
+                seen,
                 train.inputs,
                 train.labels,
                 sigma=inputs.options.sigma,
