@@ -33,7 +33,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_smoothing import TARGET_OVERHEAD, _timed, _write_json_atomically  # noqa: E402
+from bench_smoothing import TARGET_OVERHEAD, _write_json_atomically  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 from gmcert.certify.smoothing import SmoothedClassifier  # noqa: E402
 from gmcert.denoisers import build_denoiser  # noqa: E402
@@ -101,13 +102,7 @@ def bench_case(unet, device, *, batch_size, batches, repeats, sigma, bf16, folde
             denoiser(inputs)
 
     runs = {"bare": bare, "smoothing": smoothing, "denoiser": denoiser_alone}
-    for fn in runs.values():  # warm-up: allocator, kernels, caches
-        fn()
-    times = {key: [] for key in runs}
-    for r in range(repeats):
-        order = list(runs) if r % 2 == 0 else list(reversed(runs))  # cancel drift in load
-        for key in order:
-            times[key].append(_timed(runs[key], device)[0])
+    times, _ = interleaved(runs, repeats, device)
     median = {key: statistics.median(v) for key, v in times.items()}
     paired = [s / b for s, b in zip(times["smoothing"], times["bare"], strict=True)]
     return {

@@ -21,7 +21,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +29,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timing import interleaved  # noqa: E402  (scripts/ is on the path: this file's folder)
+
 from gmcert.certify.smoothing import SmoothedClassifier  # noqa: E402
 
 TARGET_OVERHEAD = 0.10
@@ -56,17 +57,6 @@ MODELS = {
     "mlp_64": (small_mlp, (64,)),
     "cnn_3x32x32": (small_cnn, (3, 32, 32)),
 }
-
-
-def _timed(fn, device: torch.device) -> tuple[float, float]:
-    """Wall seconds and CPU seconds of this process (all threads) for one call of ``fn``."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench_case(
@@ -108,16 +98,7 @@ def bench_case(
             noise.normal_(0.0, sigma, generator=generator).add_(x)
 
     runs = {"bare": bare, "smoothing": smoothing, "naive": naive, "noise": noise_only}
-    for fn in runs.values():  # warm-up: allocator, kernels, caches
-        fn()
-    times = {key: [] for key in runs}
-    cpu_times = {key: [] for key in runs}
-    for r in range(repeats):
-        order = list(runs) if r % 2 == 0 else list(reversed(runs))  # cancel drift in load
-        for key in order:
-            wall, cpu = _timed(runs[key], device)
-            times[key].append(wall)
-            cpu_times[key].append(cpu)
+    times, cpu_times = interleaved(runs, repeats, device)
     median = {key: statistics.median(v) for key, v in times.items()}
     cpu_median = {key: statistics.median(v) for key, v in cpu_times.items()}
     paired = [s / b for s, b in zip(times["smoothing"], times["bare"], strict=True)]

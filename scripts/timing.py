@@ -1,10 +1,12 @@
-"""Shared by the benchmark scripts: the median wall time of a callable after one warm-up."""
+"""Shared by the benchmark scripts: the median wall time of a callable after one warm-up, and
+side-by-side timings of several callables, interleaved so that drifting load hits them alike."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import torch
 
 
 def median_seconds(fn, repeats: int = 7) -> float:
@@ -15,3 +17,29 @@ def median_seconds(fn, repeats: int = 7) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of this process (all threads) for one call of ``fn``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def interleaved(runs: dict, repeats: int, device: torch.device) -> tuple[dict, dict]:
+    """(wall, cpu): per name of ``runs``, the seconds of each of ``repeats`` calls, after one
+    warm-up call each; the order alternates every round to cancel drift in the machine's load."""
+    for fn in runs.values():  # warm-up: allocator, kernels, caches
+        fn()
+    wall = {key: [] for key in runs}
+    cpu = {key: [] for key in runs}
+    for r in range(repeats):
+        for key in list(runs) if r % 2 == 0 else list(reversed(runs)):
+            seconds, cpu_seconds = timed(runs[key], device)
+            wall[key].append(seconds)
+            cpu[key].append(cpu_seconds)
+    return wall, cpu

@@ -9,49 +9,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import gmcert.features as features
 from gmcert.cli import file_error
 from gmcert.encoders.weights import read_state_dict
 from gmcert.features import cached
-from gmcert.io import PredictionLog
-
-
-def rows(indices):
-    return pd.DataFrame(
-        {
-            "method": "closed_form",
-            "index": indices,
-            "label": 1,
-            "predict": 1,
-            "radius_latent": 0.5,
-            "radius_input": 0.5,
-            "correct": True,
-            "seconds": 0.1,
-        }
-    )
-
-
-def test_a_nul_block_after_a_crash_is_cut_and_the_run_resumes(tmp_path):
-    path = tmp_path / "predictions.csv"
-    PredictionLog(path).append(rows([0, 1, 2]))
-    with open(path, "ab") as f:  # the file's size reached the disk, its last block did not
-        f.write(b"closed_form,3,1,1,0.5,0.5,True,0.1\n" + b"\0" * 4096)
-    reopened = PredictionLog(path)
-    assert reopened.done("closed_form") == {0, 1, 2, 3}
-    reopened.append(rows([4]))
-    assert reopened.read()["index"].tolist() == [0, 1, 2, 3, 4]
-
-
-def test_a_damaged_row_names_the_file(tmp_path):
-    path = tmp_path / "predictions.csv"
-    PredictionLog(path).append(rows([0, 1]))
-    with open(path, "a") as f:
-        f.write("closed_form,oops,1,1,0.5,0.5,True,0.1\n")
-    with pytest.raises(ValueError, match=r"predictions.csv is damaged .*delete its damaged rows"):
-        PredictionLog(path).read()
 
 
 def test_a_text_file_given_as_weights_is_a_clear_error(tmp_path):

@@ -62,3 +62,23 @@ def test_json_writes_inf_and_nan_as_valid_json(tmp_path):
 
     write_json(tmp_path / "m.json", {"r": float("inf"), "x": float("nan")})
     assert json.loads((tmp_path / "m.json").read_text()) == {"r": "inf", "x": None}
+
+
+def test_a_nul_block_after_a_crash_is_cut_and_the_run_resumes(tmp_path):
+    path = tmp_path / "predictions.csv"
+    PredictionLog(path).append(rows([0, 1, 2]))
+    with open(path, "ab") as f:  # the file's size reached the disk, its last block did not
+        f.write(b"closed_form,3,1,1,0.5,0.5,True,0.1\n" + b"\0" * 4096)
+    reopened = PredictionLog(path)
+    assert reopened.done("closed_form") == {0, 1, 2, 3}
+    reopened.append(rows([4]))
+    assert reopened.read()["index"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_damaged_row_names_the_file(tmp_path):
+    path = tmp_path / "predictions.csv"
+    PredictionLog(path).append(rows([0, 1]))
+    with open(path, "a") as f:
+        f.write("closed_form,oops,1,1,0.5,0.5,True,0.1\n")
+    with pytest.raises(ValueError, match=r"predictions.csv is damaged .*delete its damaged rows"):
+        PredictionLog(path).read()

@@ -11,7 +11,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 
-__all__ = ["call_builder", "import_builder"]
+__all__ = ["build_module", "call_builder", "import_builder"]
 
 
 def import_builder(path: str, *, option: str = "denoiser.builder") -> Callable:
@@ -50,3 +50,21 @@ def call_builder(builder: Callable, *, sigma: float):
         sigma_parameter.KEYWORD_ONLY,
     )
     return builder(sigma=sigma) if takes_sigma else builder()
+
+
+def build_module(options, *, sigma: float, returns: str):
+    """The module ``options.builder`` returns, with ``options.weights`` (a state-dict file)
+    loaded into it strictly when given; ``returns`` says what the builder must return."""
+    from torch import nn
+
+    from gmcert.denoisers.weights import load_module_weights, read_weight_file
+
+    module = call_builder(import_builder(options.builder), sigma=sigma)
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"denoiser.builder={options.builder!r} returned {type(module).__name__}, not a "
+            f"torch.nn.Module ({returns})"
+        )
+    if options.weights is not None:
+        load_module_weights(module, read_weight_file(options.weights), source=options.weights)
+    return module

@@ -18,11 +18,9 @@ gmcert refuses; the builder is the code, named explicitly.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from gmcert.denoisers.batched import BatchedDenoiser
-from gmcert.denoisers.builders import call_builder, import_builder
-from gmcert.denoisers.weights import load_module_weights, read_weight_file
+from gmcert.denoisers.builders import build_module
 
 __all__ = ["build_custom_denoiser"]
 
@@ -35,14 +33,7 @@ def build_custom_denoiser(options, *, sigma: float, device: torch.device) -> Bat
             "returning the denoiser module (noisy images in [0, 1] -> denoised, same shape); "
             "denoiser.weights=/path/to/state_dict optionally loads its weights"
         )
-    module = call_builder(import_builder(options.builder), sigma=sigma)
-    if not isinstance(module, nn.Module):
-        raise ValueError(
-            f"denoiser.builder={options.builder!r} returned {type(module).__name__}, not a "
-            "torch.nn.Module"
-        )
-    if options.weights is not None:
-        load_module_weights(module, read_weight_file(options.weights), source=options.weights)
+    module = build_module(options, sigma=sigma, returns="the denoiser")
     module.eval().requires_grad_(False)
     denoiser = BatchedDenoiser(
         module, name="custom", bf16=options.bf16, max_batch=options.max_batch

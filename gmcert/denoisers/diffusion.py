@@ -24,13 +24,11 @@ from torch import nn
 
 from gmcert.denoisers import PREDICTION_TYPES
 from gmcert.denoisers.batched import BatchedDenoiser
-from gmcert.denoisers.builders import call_builder, import_builder
+from gmcert.denoisers.builders import build_module
 from gmcert.denoisers.weights import (
     FOLDER_HINT,
     import_diffusers,
-    load_module_weights,
     load_unet_folder,
-    read_weight_file,
 )
 
 log = logging.getLogger(__name__)
@@ -185,14 +183,9 @@ def build_diffusion_denoiser(options, *, sigma: float, device: torch.device) -> 
     diffusers = import_diffusers()
     scheduler_config = None
     if options.builder is not None:
-        network = call_builder(import_builder(options.builder), sigma=sigma)
-        if not isinstance(network, nn.Module):
-            raise ValueError(
-                f"denoiser.builder={options.builder!r} returned {type(network).__name__}, not a "
-                "torch.nn.Module (the noise-prediction network eps(x_t, t))"
-            )
-        if options.weights is not None:
-            load_module_weights(network, read_weight_file(options.weights), source=options.weights)
+        network = build_module(
+            options, sigma=sigma, returns="the noise-prediction network eps(x_t, t)"
+        )
     elif options.weights is None:
         raise ValueError(f"denoiser=diffusion needs denoiser.weights=DIR. {FOLDER_HINT}")
     else:

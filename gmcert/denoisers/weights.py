@@ -18,12 +18,13 @@ or a whole pipeline's, ``DIR/unet/{config.json, diffusion_pytorch_model.*}`` and
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from gmcert.encoders.weights import state_dict_mismatch
 
 __all__ = [
     "DIFFUSERS_MISSING",
@@ -83,7 +84,9 @@ def read_weight_file(path: str | Path) -> dict[str, Tensor]:
             raise ValueError(f"cannot read {path} as a safetensors file: {err}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+    except OSError:
+        raise
+    except Exception as err:  # a text file fails with KeyError, a damaged one with others
         raise ValueError(
             f"refused {path}: torch.load(weights_only=True) cannot read it ({_reason(err)}); "
             "gmcert never unpickles code from a weight file. Re-save the weights as a plain "
@@ -120,27 +123,10 @@ def _reason(err: Exception) -> str:
 def load_module_weights(module: nn.Module, state: dict[str, Tensor], *, source: str) -> None:
     """Load ``state`` into ``module`` strictly: a partial load would leave random layers in a
     "pretrained" denoiser, so any missing, unexpected or mis-shaped key is a ValueError."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in set(state) & set(expected)
-        if state[key].shape != expected[key].shape
-    )
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{label}: {', '.join(keys[:5])}"
-            + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-            for label, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape mismatch", mismatched),
-            )
-            if keys
-        ]
+    mismatch = state_dict_mismatch(module, state)
+    if mismatch:
         raise ValueError(
-            f"denoiser weights from {source} do not fit the network ({'; '.join(parts)}); check "
+            f"denoiser weights from {source} do not fit the network ({mismatch}); check "
             "that the weights and the config (or builder) describe the same model"
         )
     module.load_state_dict(state, strict=True)

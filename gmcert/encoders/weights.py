@@ -113,7 +113,20 @@ def load_backbone_weights(
     layers inside a "pretrained" encoder.
     """
     state = {k: v for k, v in state.items() if not k.startswith(tuple(head_prefixes))}
-    expected = backbone.state_dict()
+    mismatch = state_dict_mismatch(backbone, state)
+    if mismatch:
+        raise ValueError(
+            f"{name}: weights from {source} do not fit this architecture ({mismatch}). "
+            f"Check that the file is a {name} checkpoint and that image_size matches the size "
+            "it was trained at (ViT position embeddings depend on it)."
+        )
+    backbone.load_state_dict(state, strict=True)
+
+
+def state_dict_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str | None:
+    """How ``state`` fails to fit ``module`` exactly (missing, unexpected and mis-shaped keys,
+    five of each named), or None when it fits: a partial load would leave random layers."""
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(
@@ -121,22 +134,16 @@ def load_backbone_weights(
         for k in set(state) & set(expected)
         if state[k].shape != expected[k].shape
     )
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape mismatch", mismatched),
-        ):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{label}: {', '.join(items[:5])}{more}")
-        raise ValueError(
-            f"{name}: weights from {source} do not fit this architecture ({'; '.join(parts)}). "
-            f"Check that the file is a {name} checkpoint and that image_size matches the size "
-            "it was trained at (ViT position embeddings depend on it)."
-        )
-    backbone.load_state_dict(state, strict=True)
+    parts = []
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("shape mismatch", mismatched),
+    ):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{label}: {', '.join(items[:5])}{more}")
+    return "; ".join(parts) or None
 
 
 def torchvision_weights_path(url: str) -> Path:
