@@ -25,7 +25,7 @@ FAST = [
 ]
 
 
-def gmcert_run(*args, cwd):
+def gmcert_run(*args, cwd, status=0):
     proc = subprocess.run(
         [sys.executable, "-m", "gmcert.cli", *args],
         cwd=cwd,
@@ -33,7 +33,7 @@ def gmcert_run(*args, cwd):
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == status, proc.stderr[-3000:]
     return proc
 
 
@@ -109,14 +109,17 @@ def test_report_lists_failed_and_half_written_runs(tmp_path, unsplit):
 
 @pytest.mark.slow
 def test_sweep_survives_a_failing_job(tmp_path):
-    gmcert_run(
+    proc = gmcert_run(
         "-m",
         "mixture.shrinkage=oas,2.0",
         f"hydra.sweep.dir={tmp_path}/sweep",
         f"paths.cache_dir={tmp_path}/cache",
         *FAST,
         cwd=tmp_path,
+        status=1,  # the other job ran; the sweep still says one failed
     )
+    assert f"job failed: {tmp_path}/sweep/1" in proc.stderr
+    assert "1 job(s) of the sweep failed" in proc.stderr and "Traceback" not in proc.stderr
     failed = json.loads((tmp_path / "sweep" / "1" / "failed.json").read_text())
     assert "shrinkage" in failed["error"]
     assert (tmp_path / "sweep" / "0" / "certified_accuracy.csv").exists()
