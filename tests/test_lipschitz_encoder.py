@@ -216,6 +216,24 @@ def test_corrupt_or_unsafe_entries_are_rebuilt(tmp_path, caplog, monkeypatch):
     assert final.training_seconds is None
 
 
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', "{"])
+def test_malformed_metadata_is_rebuilt(tmp_path, meta):
+    x, y = _data()
+    first = LipschitzEncoder(**TINY, cache_dir=tmp_path).fit(x, y)
+    (_entry(tmp_path, first) / "meta.json").write_text(meta)
+    again = LipschitzEncoder(**TINY, cache_dir=tmp_path).fit(x, y)
+    assert again.training_seconds is not None  # retrained, not a traceback
+    assert LipschitzEncoder(**TINY, cache_dir=tmp_path).fit(x, y).training_seconds is None
+
+
+def test_an_unwritable_cache_costs_the_cache_not_the_fit(tmp_path, caplog):
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    x, y = _data()
+    with caplog.at_level(logging.WARNING):
+        encoder = LipschitzEncoder(**TINY, cache_dir=tmp_path / "cache").fit(x, y)
+    assert encoder.lipschitz is not None and "cannot store trained weights" in caplog.text
+
+
 def test_key_covers_data_labels_and_options():
     x, y = _data()
     base = weights_key(x, y, {"a": 1})

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gmcert.data.digest import file_digest
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_VERSION = 1
@@ -50,14 +52,6 @@ def weights_key(train_inputs, train_labels, options: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_weights(cache_dir, stage: str, key: str) -> dict[str, torch.Tensor] | None:
     """The state dict stored under ``key``, or None when there is no usable entry (missing,
     wrong key, digest mismatch, unreadable: the last three are logged)."""
@@ -68,29 +62,53 @@ def load_weights(cache_dir, stage: str, key: str) -> dict[str, torch.Tensor] | N
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("key") != key:
             raise ValueError("key mismatch")
-        if _file_digest(entry / _WEIGHTS) != meta["sha256"]:
+        if file_digest(entry / _WEIGHTS) != meta["sha256"]:
             raise ValueError(f"{_WEIGHTS} digest mismatch")
         state = torch.load(entry / _WEIGHTS, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise ValueError(f"{_WEIGHTS} is not a state dict")
         return state
     # UnpicklingError: weights_only refused something other than tensors and containers.
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+    # TypeError / AttributeError: malformed metadata (a list, a string) is as unusable.
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as err:
         log.warning("weight cache entry %s is unusable (%s); retraining", entry, err)
         return None
 
 
 def store_weights(
     cache_dir, stage: str, key: str, state: dict[str, torch.Tensor], material: dict
-) -> Path:
-    """Write ``state`` under ``key`` atomically; returns the entry's folder."""
+) -> Path | None:
+    """Write ``state`` under ``key`` atomically; returns the entry's folder, or None when the
+    cache cannot be written (read-only, full): that costs a retraining next time, never this
+    run."""
     entry = Path(cache_dir) / stage / key
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
-    torch.save({name: t.detach().cpu() for name, t in state.items()}, tmp / _WEIGHTS)
-    meta = {"key": key, "version": WEIGHTS_VERSION, "material": material}
-    meta["sha256"] = _file_digest(tmp / _WEIGHTS)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    tmp = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
+        torch.save({name: t.detach().cpu() for name, t in state.items()}, tmp / _WEIGHTS)
+        meta = {"key": key, "version": WEIGHTS_VERSION, "material": material}
+        meta["sha256"] = file_digest(tmp / _WEIGHTS)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    except OSError as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.warning(
+            "cannot store trained weights in the cache at %s (%s); set paths.cache_dir to a "
+            "writable folder",
+            entry.parent,
+            err.strerror or err,
+        )
+        return None
     if entry.exists():  # an unusable entry being rebuilt
         shutil.rmtree(entry, ignore_errors=True)
     try:
