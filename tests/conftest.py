@@ -52,13 +52,12 @@ def make_cfg(tmp_path):
 def rebuild_run(cfg) -> SimpleNamespace:
     """A run's data, fitted encoder, latents (float32, as the run computes them) and mixture,
     rebuilt from its config with the public building blocks, to check what the run wrote.
-    Encoders fitted in-process only (identity, pca)."""
+    Encoders fitted in-process (identity, pca, lipschitz without its weight cache)."""
     options = OmegaConf.to_container(cfg.dataset, resolve=True)
     data = build_dataset(options.pop("name"), **options)
     options = OmegaConf.to_container(cfg.encoder, resolve=True)
     encoder = build_encoder(options.pop("name"), **options)
-    if hasattr(encoder, "fit"):
-        encoder.fit(data.train.inputs)
+    encoder.fit(data.train.inputs, data.train.labels)
     cpu = torch.device("cpu")
     Z_train = extract_features(encoder, data.train.inputs, device=cpu)
     Z_test = extract_features(encoder, data.test.inputs, device=cpu)
