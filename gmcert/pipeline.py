@@ -25,6 +25,7 @@ from gmcert.features import encode
 from gmcert.io import lock_run_folder, open_prediction_log, run_fingerprint, write_run_config
 from gmcert.models.fitting import fit_mixture
 from gmcert.population.columns import add_population_columns
+from gmcert.preflight import check_inputs_present
 from gmcert.provenance import StageTimer, provenance
 from gmcert.report.outputs import describe_run, write_run
 from gmcert.report.published import published_rows
@@ -35,6 +36,7 @@ def run(cfg: DictConfig) -> dict:
     """Run one job; returns the metrics it wrote to ``metrics.json``. The output folder is
     locked for the whole job: a second run started in it is refused before any work."""
     check_options(cfg)
+    check_inputs_present(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with lock_run_folder(out_dir):
@@ -45,7 +47,6 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     timer = StageTimer()
-    # Built first: missing denoiser weights stop the run before any data is read.
     denoiser = build_denoiser(cfg.denoiser, sigma=cfg.certify.sigma, device=device)
 
     with timer("data"):

@@ -108,3 +108,19 @@ def test_the_pipeline_refuses_before_fitting_or_encoding(make_cfg, monkeypatch):
     monkeypatch.setattr(features, "check_memory", lambda *args: None)
     with pytest.raises(ValueError, match=r"fitting mixture.covariance=shared on 64-dimensional"):
         run(cfg)
+
+
+def test_every_missing_input_is_named_before_any_work(make_cfg, tmp_path, monkeypatch):
+    from gmcert.data import DATASET_BUILDERS
+    from gmcert.pipeline import run
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no weights in this hub cache
+    monkeypatch.setitem(DATASET_BUILDERS, "cifar10", lambda **_: pytest.fail("data was read"))
+    cfg = make_cfg("experiment=cifar10_vit_dds")
+    with pytest.raises(FileNotFoundError) as err:
+        run(cfg)
+    message = str(err.value)
+    assert message.startswith("3 inputs of this run are missing")
+    assert "CIFAR-10 not found" in message and "vit_b_16: weights='default'" in message
+    assert f"denoiser.weights={tmp_path}/data/denoisers/ddpm-cifar10-32" in message
+    assert not (tmp_path / "run").exists()  # refused before the output folder was made

@@ -66,6 +66,21 @@ def _cifar_folder(root: Path) -> Path:
     return root / CIFAR10_FOLDER
 
 
+def cifar10_missing(root: Path) -> list[str]:
+    """The CIFAR-10 batch files missing under ``root`` (reads nothing but the folder)."""
+    folder = _cifar_folder(root)
+    required = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
+    return [name for name in required if not (folder / name).is_file()]
+
+
+def check_cifar10_present(*, root, download: bool = False, **_) -> None:
+    """FileNotFoundError naming what is missing, unless it is there or may be downloaded."""
+    root = Path(root).expanduser()
+    missing = cifar10_missing(root)
+    if missing and not download:
+        raise FileNotFoundError(_cifar_missing_message(root, _cifar_folder(root), missing))
+
+
 def _cifar_missing_message(root: Path, folder: Path, missing: Sequence[str]) -> str:
     return (
         f"CIFAR-10 not found under dataset.root={root}: expected the folder {folder} with "
@@ -264,16 +279,13 @@ def build_cifar10(
     if verify_checksums not in (None, True, False):
         raise ValueError(f"verify_checksums must be true, false or null, got {verify_checksums!r}")
     root = Path(root).expanduser()
-    folder = _cifar_folder(root)
-    required = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
-    missing = [name for name in required if not (folder / name).is_file()]
+    folder, missing = _cifar_folder(root), cifar10_missing(root)
     if missing and download:
         from torchvision.datasets import CIFAR10
 
         root.mkdir(parents=True, exist_ok=True)
         CIFAR10(root=str(root), train=True, download=True)  # downloads and checks the MD5s
-        folder = root / CIFAR10_FOLDER
-        missing = [name for name in required if not (folder / name).is_file()]
+        folder, missing = root / CIFAR10_FOLDER, cifar10_missing(root)
     if missing:
         raise FileNotFoundError(_cifar_missing_message(root, folder, missing))
 

@@ -127,6 +127,21 @@ def _imagenet_class_names(root: Path, wnids: Sequence[str]) -> list[str]:
     return list(wnids)
 
 
+def check_imagenet_present(*, root, **_) -> None:
+    """FileNotFoundError unless ``root`` holds train/ and val/ (reads only those folders)."""
+    root = Path(root).expanduser()
+    layout = f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG"
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"ImageNet root {root} does not exist; set dataset.root to the folder holding "
+            f"train/ and val/ ({layout}). ImageNet cannot be downloaded automatically: get "
+            "ILSVRC-2012 from https://image-net.org and extract it into that layout."
+        )
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"ImageNet folder {root / split} is missing; expected {layout}")
+
+
 def build_imagenet(
     *,
     root: str | os.PathLike,
@@ -167,16 +182,7 @@ def build_imagenet(
     if crop_size > resize_size:
         raise ValueError(f"crop_size {crop_size} exceeds resize_size {resize_size}")
     root = Path(root).expanduser()
-    layout = f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG"
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"ImageNet root {root} does not exist; set dataset.root to the folder holding "
-            f"train/ and val/ ({layout}). ImageNet cannot be downloaded automatically: get "
-            "ILSVRC-2012 from https://image-net.org and extract it into that layout."
-        )
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise FileNotFoundError(f"ImageNet folder {root / split} is missing; expected {layout}")
+    check_imagenet_present(root=root)
     train_classes = _class_folders(root / "train", "train", root)
     val_classes = _class_folders(root / "val", "val", root)
     if train_classes != val_classes:
@@ -212,4 +218,4 @@ def build_imagenet(
     )
 
 
-__all__ = ["IMAGE_EXTENSIONS", "build_imagenet", "imagenet_transform"]
+__all__ = ["IMAGE_EXTENSIONS", "build_imagenet", "check_imagenet_present", "imagenet_transform"]

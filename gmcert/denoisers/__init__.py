@@ -25,7 +25,12 @@ from gmcert.certify.smoothing import check_sigma
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DENOISER_BUILDERS", "build_denoiser", "check_denoiser_options"]
+__all__ = [
+    "DENOISER_BUILDERS",
+    "build_denoiser",
+    "check_denoiser_options",
+    "check_denoiser_present",
+]
 
 # Options that only some denoisers read; set for another one they are ignored, with a warning.
 _READ_BY = {
@@ -73,6 +78,23 @@ def build_denoiser(options, *, sigma: float, device: torch.device) -> torch.nn.M
     options = check_denoiser_options(options)
     sigma = check_sigma(sigma)
     return DENOISER_BUILDERS[options.name](options, sigma=sigma, device=torch.device(device))
+
+
+def check_denoiser_present(options) -> None:
+    """FileNotFoundError when the configured denoiser weights are not on this machine."""
+    from pathlib import Path
+
+    from gmcert.denoisers.weights import FOLDER_HINT
+
+    options = check_denoiser_options(options)
+    if options.name == "none":
+        return
+    if options.weights is not None and not Path(options.weights).expanduser().exists():
+        raise FileNotFoundError(
+            f"denoiser.weights={options.weights}: no such folder or file. {FOLDER_HINT}"
+        )
+    if options.name == "diffusion" and options.weights is None and options.builder is None:
+        raise ValueError(f"denoiser=diffusion needs denoiser.weights=DIR. {FOLDER_HINT}")
 
 
 def check_denoiser_options(options) -> SimpleNamespace:

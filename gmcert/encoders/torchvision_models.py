@@ -36,6 +36,20 @@ def _resolve_weights(
     return member, path, f"torchvision:{member.name}:{path}" if member else str(path)
 
 
+# The torchvision model behind each encoder name (its weight enum names the default file).
+_TORCHVISION_MODELS = {"resnet18": "resnet18", "resnet50": "resnet50", "vit": "vit_b_16"}
+
+
+def check_weights_present(name: str, *, weights=None) -> None:
+    """FileNotFoundError when the weight file encoder ``name`` would read is missing (reads
+    only the file system); nothing for random weights or other encoders."""
+    from torchvision import models
+
+    arch = _TORCHVISION_MODELS.get(name)
+    if arch is not None and not is_random(weights):
+        resolve_torchvision_weights(arch, weights, models.get_model_weights(arch))
+
+
 def _load(backbone: nn.Module, path: Path | None, name: str, head: str) -> None:
     """Load the weight file at ``path`` (if any) into ``backbone``, ignoring the ``head``."""
     if path is not None:
