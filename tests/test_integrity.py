@@ -161,6 +161,7 @@ def test_feature_cache_of_a_pretrained_encoder_misses_when_images_change(tmp_pat
         f"dataset.root={root}",
         "encoder=resnet18",
         "encoder.weights=random",
+        "encoder.image_size=32",
         "certify=closed_form",
         "certify.population_samples=0",
         "divergence.enabled=false",
