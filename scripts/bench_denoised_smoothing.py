@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_smoothing import TARGET_OVERHEAD, _write_json_atomically  # noqa: E402
-from timing import interleaved  # noqa: E402
+from timing import bare_and_smoothing, interleaved  # noqa: E402
 
 from gmcert.certify.smoothing import SmoothedClassifier  # noqa: E402
 from gmcert.denoisers import build_denoiser  # noqa: E402
@@ -89,19 +89,11 @@ def bench_case(unet, device, *, batch_size, batches, repeats, sigma, bf16, folde
     samples = batch_size * batches
 
     @torch.inference_mode()
-    def bare():
-        for _ in range(batches):
-            base(inputs)
-
-    def smoothing():
-        smoothed.sample_counts(x, samples, seeds=[0])
-
-    @torch.inference_mode()
     def denoiser_alone():
         for _ in range(batches):
             denoiser(inputs)
 
-    runs = {"bare": bare, "smoothing": smoothing, "denoiser": denoiser_alone}
+    runs = {**bare_and_smoothing(base, smoothed, x, inputs, batches), "denoiser": denoiser_alone}
     times, _ = interleaved(runs, repeats, device)
     median = {key: statistics.median(v) for key, v in times.items()}
     paired = [s / b for s, b in zip(times["smoothing"], times["bare"], strict=True)]

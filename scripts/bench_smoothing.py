@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from timing import interleaved  # noqa: E402  (scripts/ is on the path: this file's folder)
+from timing import bare_and_smoothing, interleaved  # noqa: E402  (scripts/ is on the path: this file's folder)
 
 from gmcert.certify.smoothing import SmoothedClassifier  # noqa: E402
 
@@ -74,14 +74,6 @@ def bench_case(
     samples = batch_size * batches
 
     @torch.inference_mode()
-    def bare():
-        for _ in range(batches):
-            base(inputs)
-
-    def smoothing():
-        smoothed.sample_counts(x, samples, seeds=[0])
-
-    @torch.inference_mode()
     def naive():
         # The textbook loop, for comparison: repeat copies x, fresh noise tensors every batch,
         # counts read back to the host every batch.
@@ -97,7 +89,11 @@ def bench_case(
         for _ in range(batches):
             noise.normal_(0.0, sigma, generator=generator).add_(x)
 
-    runs = {"bare": bare, "smoothing": smoothing, "naive": naive, "noise": noise_only}
+    runs = {
+        **bare_and_smoothing(base, smoothed, x, inputs, batches),
+        "naive": naive,
+        "noise": noise_only,
+    }
     times, cpu_times = interleaved(runs, repeats, device)
     median = {key: statistics.median(v) for key, v in times.items()}
     cpu_median = {key: statistics.median(v) for key, v in cpu_times.items()}

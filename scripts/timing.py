@@ -43,3 +43,19 @@ def interleaved(runs: dict, repeats: int, device: torch.device) -> tuple[dict, d
             wall[key].append(seconds)
             cpu[key].append(cpu_seconds)
     return wall, cpu
+
+
+def bare_and_smoothing(base, smoothed, x, inputs, batches: int) -> dict:
+    """The two runs every smoothing benchmark compares: ``batches`` bare forward passes of
+    ``base`` on ``inputs``, and smoothing drawing the same number of noisy copies of ``x``."""
+    samples = len(inputs) * batches
+
+    @torch.inference_mode()
+    def bare():
+        for _ in range(batches):
+            base(inputs)
+
+    def smoothing():
+        smoothed.sample_counts(x, samples, seeds=[0])
+
+    return {"bare": bare, "smoothing": smoothing}
