@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -33,8 +31,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_smoothing import TARGET_OVERHEAD, _write_json_atomically  # noqa: E402
-from timing import bare_and_smoothing, interleaved  # noqa: E402
+from bench_smoothing import TARGET_OVERHEAD  # noqa: E402
+from timing import bare_and_smoothing, interleaved, write_report  # noqa: E402
 
 from gmcert.certify.smoothing import SmoothedClassifier  # noqa: E402
 from gmcert.denoisers import build_denoiser  # noqa: E402
@@ -145,21 +143,14 @@ def run(*, device: str, unets, batch_size, batches, repeats, sigma, bf16, cpu_th
                     _print(case)
     finally:
         torch.set_num_threads(default_threads)
-    report = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "definition": "overhead = median smoothing time / median bare forward time - 1; "
+    return write_report(
+        out,
+        cases,
+        definition="overhead = median smoothing time / median bare forward time - 1; "
         "the stack is head(encoder(denoiser(x)))",
-        "target_overhead": TARGET_OVERHEAD,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
-        "cases": cases,
-    }
-    _write_json_atomically(report, out)
-    print(f"wrote {out}")
-    return report
+        target=TARGET_OVERHEAD,
+        load_before=load_before,
+    )
 
 
 def _print(case: dict) -> None:

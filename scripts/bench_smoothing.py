@@ -15,13 +15,9 @@ Usage: ``python scripts/bench_smoothing.py [--devices cpu cuda] [--cpu-threads 1
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from timing import bare_and_smoothing, interleaved  # noqa: E402  (scripts/ is on the path: this file's folder)
+from timing import bare_and_smoothing, interleaved, write_report  # noqa: E402  (scripts/ is on the path: this file's folder)
 
 from gmcert.certify.smoothing import SmoothedClassifier  # noqa: E402
 
@@ -154,20 +150,13 @@ def run(
                     cases.append(_run_case(name, device, threads, batch_size, repeats, sigma))
     finally:
         torch.set_num_threads(default_threads)
-    report = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "definition": "overhead = median smoothing time / median bare forward time - 1",
-        "target_overhead": TARGET_OVERHEAD,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
-        "cases": cases,
-    }
-    _write_json_atomically(report, out)
-    print(f"wrote {out}")
-    return report
+    return write_report(
+        out,
+        cases,
+        definition="overhead = median smoothing time / median bare forward time - 1",
+        target=TARGET_OVERHEAD,
+        load_before=load_before,
+    )
 
 
 def _run_case(name, device, threads, batch_size, repeats, sigma) -> dict:
@@ -188,18 +177,6 @@ def _run_case(name, device, threads, batch_size, repeats, sigma) -> dict:
         f"noise alone {case['noise_share_of_bare']:.1%} of bare)"
     )
     return case
-
-
-def _write_json_atomically(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,10 @@ side-by-side timings of several callables, interleaved so that drifting load hit
 
 from __future__ import annotations
 
+import os
+import platform
 import time
+from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -59,3 +62,23 @@ def bare_and_smoothing(base, smoothed, x, inputs, batches: int) -> dict:
         smoothed.sample_counts(x, samples, seeds=[0])
 
     return {"bare": bare, "smoothing": smoothing}
+
+
+def write_report(out, cases: list, *, definition: str, target: float, load_before) -> dict:
+    """The benchmark's figures with the machine they were measured on, written atomically."""
+    from gmcert.io import write_json
+
+    report = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "definition": definition,
+        "target_overhead": target,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "loadavg_1min_before_after": [load_before[0], os.getloadavg()[0]],
+        "cases": cases,
+    }
+    write_json(out, report)
+    print(f"wrote {out}")
+    return report
