@@ -14,8 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gmcert.data import LabelledData
-from gmcert.data.digest import file_digest
 from gmcert.encoders import build_encoder
+from gmcert.io import check_entry, file_digest, store_entry
 from gmcert.memory import check_memory
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # 2: float64 latents kept for encoders that compute in float64
+_ENTRY_FILES = ("latents.npy", "labels.npy")
 
 
 @torch.inference_mode()
@@ -73,15 +72,17 @@ def extract_features(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and bf16):
             z = encoder(x)
+        # float32 latents, unless the encoder computes in float64 for exact certificates.
+        z = (z if z.dtype == torch.float64 else z.float()).cpu()
         if not chunks:  # the first batch tells the latent size: refuse what cannot fit
             check_memory(
-                len(inputs) * z.shape[1] * 4,
-                f"the {desc} latents ({len(inputs):,} x {z.shape[1]:,} float32)",
+                len(inputs) * z.shape[1] * z.element_size(),
+                f"the {desc} latents ({len(inputs):,} x {z.shape[1]:,} "
+                f"{str(z.dtype).removeprefix('torch.')})",
                 "use a pretrained encoder (encoder=resnet50, vit, clip, dinov2) or fewer "
                 "images (dataset.train_per_class, dataset.max)",
             )
-        # float32 latents, unless the encoder computes in float64 for exact certificates.
-        chunks.append((z if z.dtype == torch.float64 else z.float()).cpu())
+        chunks.append(z)
     if not chunks:
         raise ValueError(f"no inputs to encode for {desc!r}")
     return torch.cat(chunks).numpy()
@@ -97,15 +98,9 @@ def cache_key(material: dict) -> str:
 
 def _verified_load(entry: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
     try:
-        meta = json.loads((entry / "meta.json").read_text())
-        if meta.get("key") != key:
-            raise ValueError("key mismatch")
-        for name in ("latents.npy", "labels.npy"):
-            if file_digest(entry / name) != meta["sha256"][name]:
-                raise ValueError(f"{name} digest mismatch")
+        check_entry(entry, key, _ENTRY_FILES)
         return np.load(entry / "latents.npy"), np.load(entry / "labels.npy")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        # Malformed metadata (a list, a string, a missing digest) is as unusable as a torn file.
+    except (OSError, ValueError) as err:
         log.warning("feature cache entry %s is unusable (%s); rebuilding it", entry, err)
         return None
 
@@ -131,8 +126,13 @@ def cached(
             log.info("feature cache hit %s", entry)
             return hit, True
     latents, labels = compute()
+
+    def write(folder: Path) -> None:
+        np.save(folder / "latents.npy", latents)
+        np.save(folder / "labels.npy", labels)
+
     try:
-        _store(entry, key, material, latents, labels)
+        store_entry(entry, key, write, {"material": material, "shape": list(latents.shape)})
     except OSError as err:  # a read-only or full cache costs time next run, never this result
         log.warning(
             "cannot store features in the cache at %s (%s); this run goes on without it. Set "
@@ -141,32 +141,6 @@ def cached(
             err.strerror or err,
         )
     return (latents, labels), False
-
-
-def _store(entry: Path, key: str, material: dict, latents, labels) -> None:
-    """Write an entry into a temporary folder beside it, then rename it into place; a failed
-    write (a full disk) leaves nothing behind."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
-    try:
-        np.save(tmp / "latents.npy", latents)
-        np.save(tmp / "labels.npy", labels)
-        meta = {
-            "key": key,
-            "material": material,
-            "shape": list(latents.shape),
-            "sha256": {n: file_digest(tmp / n) for n in ("latents.npy", "labels.npy")},
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if entry.exists():
-        shutil.rmtree(entry, ignore_errors=True)
-    try:
-        os.replace(tmp, entry)
-    except OSError:  # another sweep job stored the same entry first: theirs is as good
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # Options of a pretrained encoder that shape extraction speed, not the latents.

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,55 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------- verified cache entries
+# A cache entry is a folder ``<key>/`` of files plus ``meta.json`` (the key, and the SHA-256 of
+# each file). It is written whole into a temporary folder beside it and renamed into place, so
+# a reader never sees half of one, and its digests are checked before every use.
+
+
+def store_entry(entry: Path, key: str, write: Callable[[Path], None], meta: dict) -> None:
+    """Write an entry: ``write(folder)`` puts the files in; ``meta`` is stored with the key and
+    their digests. Raises OSError (a read-only or full cache) and leaves nothing behind."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
+    try:
+        write(tmp)
+        digests = {p.name: file_digest(p) for p in sorted(tmp.iterdir())}
+        (tmp / "meta.json").write_text(
+            json.dumps({"key": key, **meta, "sha256": digests}, indent=2, default=str)
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if entry.exists():  # an unusable entry being rebuilt
+        shutil.rmtree(entry, ignore_errors=True)
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # another job stored the same entry first: it is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_entry(entry: Path, key: str, names: tuple[str, ...]) -> None:
+    """ValueError (or OSError) unless ``entry`` holds ``names`` with the digests its meta.json
+    records under ``key``; malformed metadata (a list, a string, missing fields) included."""
+    meta = json.loads((entry / "meta.json").read_text())
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        raise ValueError("key mismatch")
+    digests = meta.get("sha256")
+    for name in names:
+        if not isinstance(digests, dict) or file_digest(entry / name) != digests.get(name):
+            raise ValueError(f"{name} digest mismatch")
 
 
 def _json_safe(obj):

@@ -173,7 +173,7 @@ def test_weight_cache_hit_and_misses(tmp_path):
     assert first.training_seconds is not None
     entry = _entry(tmp_path, first)
     meta = json.loads((entry / "meta.json").read_text())
-    assert meta["key"] == entry.name and len(meta["sha256"]) == 64
+    assert meta["key"] == entry.name and len(meta["sha256"]["weights.pt"]) == 64
     hit = LipschitzEncoder(**TINY, cache_dir=tmp_path).fit(x, y)
     assert hit.training_seconds is None and hit.lipschitz == first.lipschitz
     assert torch.equal(hit.network[1].weight, first.network[1].weight)
@@ -202,7 +202,7 @@ def test_corrupt_or_unsafe_entries_are_rebuilt(tmp_path, caplog, monkeypatch):
     torch.save({"payload": _Payload()}, weights)
     meta_path = _entry(tmp_path, first) / "meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    meta["sha256"]["weights.pt"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     meta_path.write_text(json.dumps(meta))
     calls = []
     real_load = torch.load

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from gmcert.data import LabelledData, Split
 from gmcert.data.images import ArrayImageDataset, ImageFileDataset
+from gmcert.io import file_digest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +108,7 @@ def _read_manifest(path: Path | None) -> dict:
 
 
 def _write_manifest(path: Path, files: dict) -> None:
-    from gmcert.io import write_json
-
     try:
         write_json(path, {"version": MANIFEST_VERSION, "files": files})
     except OSError as err:  # a read-only cache costs time next run, never the result
         log.warning("cannot store the data digest manifest %s (%s)", path, err.strerror)
-
-
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -6,7 +6,8 @@ SHA-256 of everything that determines the weights: the training inputs and label
 bytes, dtype and shape), every option of the encoder and ``WEIGHTS_VERSION`` (raise it when a
 change to the training code changes what the same options produce). An entry is written to a
 temporary folder and renamed into place, so a reader never sees half of one; before use its
-digest is checked and it is read with ``torch.load(weights_only=True)`` (tensors only, no
+digest is checked (both by :func:`gmcert.io.store_entry` / :func:`gmcert.io.check_entry`, as
+for the feature cache) and it is read with ``torch.load(weights_only=True)`` (tensors only, no
 pickled code), and an entry that fails either is rebuilt, never trusted.
 """
 
@@ -15,20 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gmcert.data.digest import file_digest
+from gmcert.io import check_entry, store_entry
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_VERSION = 1
+WEIGHTS_VERSION = 2  # 2: meta.json records a digest per file, as the feature cache does
 _WEIGHTS = "weights.pt"
 
 
@@ -59,27 +57,13 @@ def load_weights(cache_dir, stage: str, key: str) -> dict[str, torch.Tensor] | N
     if not entry.exists():
         return None
     try:
-        meta = json.loads((entry / "meta.json").read_text())
-        if meta.get("key") != key:
-            raise ValueError("key mismatch")
-        if file_digest(entry / _WEIGHTS) != meta["sha256"]:
-            raise ValueError(f"{_WEIGHTS} digest mismatch")
+        check_entry(entry, key, (_WEIGHTS,))
         state = torch.load(entry / _WEIGHTS, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise ValueError(f"{_WEIGHTS} is not a state dict")
         return state
     # UnpicklingError: weights_only refused something other than tensors and containers.
-    # TypeError / AttributeError: malformed metadata (a list, a string) is as unusable.
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        RuntimeError,
-        EOFError,
-        pickle.UnpicklingError,
-    ) as err:
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         log.warning("weight cache entry %s is unusable (%s); retraining", entry, err)
         return None
 
@@ -91,17 +75,15 @@ def store_weights(
     cache cannot be written (read-only, full): that costs a retraining next time, never this
     run."""
     entry = Path(cache_dir) / stage / key
-    tmp = None
+    weights = {name: t.detach().cpu() for name, t in state.items()}
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
-        torch.save({name: t.detach().cpu() for name, t in state.items()}, tmp / _WEIGHTS)
-        meta = {"key": key, "version": WEIGHTS_VERSION, "material": material}
-        meta["sha256"] = file_digest(tmp / _WEIGHTS)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        store_entry(
+            entry,
+            key,
+            lambda folder: torch.save(weights, folder / _WEIGHTS),
+            {"version": WEIGHTS_VERSION, "material": material},
+        )
     except OSError as err:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         log.warning(
             "cannot store trained weights in the cache at %s (%s); set paths.cache_dir to a "
             "writable folder",
@@ -109,10 +91,4 @@ def store_weights(
             err.strerror or err,
         )
         return None
-    if entry.exists():  # an unusable entry being rebuilt
-        shutil.rmtree(entry, ignore_errors=True)
-    try:
-        os.replace(tmp, entry)
-    except OSError:  # another job stored the same key first: its weights are the same
-        shutil.rmtree(tmp, ignore_errors=True)
     return entry
