@@ -129,14 +129,16 @@ class SmoothedClassifier:
                     generator.manual_seed(block_seed(seeds[owner], stream, block))
                     noise[start : start + count].normal_(0.0, self.sigma, generator=generator)
                     start += count
-                owners = [owner for owner, _, _ in batch]
-                if len(owners) == 1:  # copies of one input: broadcast it, no copy of x
-                    noise[:size].add_(xs[owners[0]])
-                    target = counts[owners[0] * k : (owners[0] + 1) * k]
+                if len(batch) == 1:  # copies of one input: broadcast it, no copy of x
+                    first = batch[0][0]
+                    noise[:size].add_(xs[first])
+                    target = counts[first * k : (first + 1) * k]
                     offset = None
                 else:
-                    owner = torch.tensor(
-                        [o for o, _, count in batch for _ in range(count)], device=self.device
+                    owners, _, sizes = zip(*batch, strict=True)
+                    owner = torch.repeat_interleave(
+                        torch.tensor(owners, device=self.device),
+                        torch.tensor(sizes, device=self.device),
                     )
                     noise[:size].add_(xs.index_select(0, owner))
                     target, offset = counts, owner * k

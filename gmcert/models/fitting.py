@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 # d x d float64 matrices a fit holds at once per covariance (scatter, shrunk covariance, its
-# Cholesky factor and inverse, the precision, a temporary): measured peak on digits, rounded up.
+# Cholesky factor and inverse, the precision, a temporary): a count of the algebra, not a
+# measurement; enough to stop fits hundreds of times too big, not to predict one exactly.
 _MATRICES_PER_COVARIANCE = 6
 
 
