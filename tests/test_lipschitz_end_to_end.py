@@ -116,7 +116,15 @@ def test_pgd_never_beats_a_certified_input_radius(one_thread):
     assert _pgd_flips(model, x, 3 * radius[keep]).any()  # the search has teeth
 
 
-def test_small_radii_survive_the_attack_on_digits(make_cfg):
+@pytest.mark.parametrize(
+    "norm",
+    [
+        "l2",
+        pytest.param("linf", marks=pytest.mark.slow),
+        pytest.param("l1", marks=pytest.mark.slow),
+    ],
+)
+def test_small_radii_survive_the_attack_on_digits(make_cfg, norm):
     """A barely trained encoder leaves radii near 0.02, where float32 latents put certificates
     1e-6 (relative) beyond the classifier the attack evaluates: the encoder and its stored
     latents are float64, so that the certificate is exact for the classifier as computed."""
@@ -124,6 +132,7 @@ def test_small_radii_survive_the_attack_on_digits(make_cfg):
         "experiment=digits_lipschitz",
         "encoder.epochs=3",
         "encoder.width=32",
+        f"certify.norm={norm}",
         "divergence.enabled=false",
         "certify.population_samples=0",
     )
