@@ -80,6 +80,47 @@ class ImageNetConfig(_ImageDatasetConfig):
     train_per_class: int | None = None
 
 
+@dataclass
+class _IDXConfig(_ImageDatasetConfig):
+    """MNIST-format IDX files (gmcert/data/idx.py), 1x28x28 pixels in [0, 1]."""
+
+    fallback_roots: list[str] = field(default_factory=list)  # tried after root, in order
+    train_max: int | None = None
+
+
+@dataclass
+class FashionMNISTConfig(_IDXConfig):
+    name: str = "fashion_mnist"
+
+
+@dataclass
+class MNISTConfig(_IDXConfig):
+    name: str = "mnist"
+
+
+@dataclass
+class FolderConfig(_ImageDatasetConfig):
+    """root/train/<class>/*, root/test/<class>/* (gmcert/data/folder.py), held in memory."""
+
+    name: str = "folder"
+    image_size: Any = MISSING  # a side or [height, width], pixels
+    channels: int = 3  # 1: grey, 3: RGB
+    resize: bool = False  # resize other sizes on load instead of refusing them
+    train_max: int | None = None
+
+
+@dataclass
+class ArraysConfig:
+    """One .npz with x_train, y_train, x_test, y_test (gmcert/data/arrays.py)."""
+
+    name: str = "arrays"
+    path: str = MISSING
+    num_classes: int | None = None  # null: 1 + the largest label
+    skip: int = 1
+    max: int | None = None
+    train_max: int | None = None
+
+
 # ----------------------------------------------------------------------------- encoders
 
 
@@ -138,7 +179,10 @@ class PretrainedConfig:
 @dataclass
 class MixtureConfig:
     covariance: str = "shared"
-    shrinkage: Any = "ledoit_wolf"  # ledoit_wolf | oas | none | a number in [0, 1]
+    # ledoit_wolf | oas | none | a number in [0, 1] | select: the intensity with the best
+    # held-out certified accuracy at select_radius (latent l2 units; linear rules only)
+    shrinkage: Any = "ledoit_wolf"
+    select_radius: float | None = None
     priors: Any = "empirical"  # empirical | uniform | list of K weights
     reg_covar: float = 1e-6
     rank: int = 8
@@ -264,6 +308,10 @@ DATASET_SCHEMAS = {
     "distorted": DistortedConfig,
     "cifar10": Cifar10Config,
     "imagenet": ImageNetConfig,
+    "fashion_mnist": FashionMNISTConfig,
+    "mnist": MNISTConfig,
+    "folder": FolderConfig,
+    "arrays": ArraysConfig,
 }
 ENCODER_SCHEMAS = {
     "identity": IdentityConfig,
@@ -351,12 +399,13 @@ def _rules() -> list[tuple[str, object, str]]:
         ("mixture.covariance", _one_of(COVARIANCE_FAMILIES), f"one of {COVARIANCE_FAMILIES}"),
         (
             "mixture.shrinkage",
-            lambda v: v in SHRINKAGE_RULES or _number(0, 1)(v),
-            f"one of {SHRINKAGE_RULES} or a number in [0, 1]",
+            lambda v: v in (*SHRINKAGE_RULES, "select") or _number(0, 1)(v),
+            f"one of {(*SHRINKAGE_RULES, 'select')} or a number in [0, 1]",
         ),
         ("mixture.reg_covar", _number(0), "a number >= 0"),
         ("mixture.rank", positive, "an integer >= 1"),
         ("mixture.robust_radius", _optional(_number(0)), "null or a radius >= 0"),
+        ("mixture.select_radius", _optional(_number(0)), "null or a radius >= 0"),
         ("mixture.holdout_fraction", _probability(), "a fraction in (0, 1), e.g. 0.2"),
         ("mixture.chunk_size", positive, "an integer >= 1"),
         ("divergence.eps", _optional(_number(0)), "null or a KL budget >= 0 (nats)"),

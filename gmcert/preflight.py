@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from gmcert.data.arrays import check_arrays_present
 from gmcert.data.cifar10 import check_cifar10_present
+from gmcert.data.folder import check_folder_present
+from gmcert.data.idx import check_idx_present
 from gmcert.data.imagenet import check_imagenet_present
 from gmcert.denoisers import check_denoiser_present
 from gmcert.encoders.torchvision_models import check_weights_present
 
-_DATASET_CHECKS = {"cifar10": check_cifar10_present, "imagenet": check_imagenet_present}
+_DATASET_CHECKS = {
+    "cifar10": check_cifar10_present,
+    "imagenet": check_imagenet_present,
+    "fashion_mnist": check_idx_present,
+    "mnist": check_idx_present,
+    "folder": check_folder_present,
+    "arrays": check_arrays_present,
+}
 
 
 def check_inputs_present(cfg) -> None:

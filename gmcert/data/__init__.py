@@ -126,6 +126,10 @@ DATASET_BUILDERS = {
     "distorted": _builder("student_t", "distorted"),
     "cifar10": _builder("cifar10", "cifar10"),
     "imagenet": _builder("imagenet", "imagenet"),
+    "fashion_mnist": _builder("idx", "fashion_mnist"),
+    "mnist": _builder("idx", "mnist"),
+    "folder": _builder("folder", "folder"),
+    "arrays": _builder("arrays", "arrays"),
 }
 
 

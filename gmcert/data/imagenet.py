@@ -16,12 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gmcert.data.images import ImageFileDataset, check_count, make_split, subset_indices
+from gmcert.data.images import (
+    IMAGE_EXTENSIONS,
+    ImageFileDataset,
+    check_count,
+    image_names,
+    make_split,
+    subset_indices,
+)
 
 if TYPE_CHECKING:  # the containers live in gmcert.data (imported lazily: no import cycle)
     from gmcert.data import LabelledData
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 _WNID = re.compile(r"^n\d{8}$")
 
 
@@ -36,19 +42,6 @@ def imagenet_transform(*, resize_size: int = 256, crop_size: int = 224) -> Any:
     return transforms.Compose(
         [transforms.Resize(resize_size), transforms.CenterCrop(crop_size), transforms.ToTensor()]
     )
-
-
-def _image_names(folder: Path) -> list[str]:
-    """Sorted image file names in one class folder (hidden files and other types skipped)."""
-    with os.scandir(folder) as entries:
-        names = [
-            e.name
-            for e in entries
-            if e.is_file()
-            and not e.name.startswith(".")
-            and e.name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-    return sorted(names)
 
 
 def _class_folders(split_dir: Path, split: str, root: Path) -> list[str]:
@@ -84,7 +77,7 @@ def _scan_split(
     empty: list[str] = []
     offset = 0
     for label, wnid in enumerate(classes):
-        names = _image_names(root / split / wnid)
+        names = image_names(root / split / wnid)
         if not names:
             empty.append(wnid)
             continue

@@ -11,12 +11,15 @@ validation image), recorded in ``Split.indices`` so tables can be compared point
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
 class ArrayImageDataset(Dataset):
@@ -101,6 +104,19 @@ class ImageFileDataset(Dataset):
 # --------------------------------------------------------------------------------------------
 
 
+def image_names(folder: Path) -> list[str]:
+    """Sorted image file names in one class folder (hidden files and other types skipped)."""
+    with os.scandir(folder) as entries:
+        names = [
+            e.name
+            for e in entries
+            if e.is_file()
+            and not e.name.startswith(".")
+            and e.name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+    return sorted(names)
+
+
 def check_count(value: Any, what: str, *, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
@@ -128,4 +144,12 @@ def make_split(inputs: Any, labels: np.ndarray, indices: np.ndarray) -> Any:
     )
 
 
-__all__ = ["ArrayImageDataset", "ImageFileDataset", "check_count", "make_split", "subset_indices"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ArrayImageDataset",
+    "ImageFileDataset",
+    "check_count",
+    "image_names",
+    "make_split",
+    "subset_indices",
+]
