@@ -1,7 +1,8 @@
 """`make reproduce`: every experiment whose data and weights are present, then one report.
 
 The embedded experiments (digits, digits_lipschitz, synthetic_exact, eps_controlled) always
-run. A paper-scale experiment runs when its dataset folder and weight file are present;
+run; the Fashion-MNIST ones when its files are installed. A paper-scale experiment runs when
+its dataset folder and weight file are present;
 otherwise its line says what is missing and the exact command to run once they are.
 Everything lands in one dated folder (the artefact an appendix would cite), ending with
 gmcert-report's combined tables.
@@ -38,8 +39,23 @@ def weight_file(weights) -> Path:
     return torchvision_weights_path(weights.url)
 
 
+def fashion_mnist_folder() -> Path:
+    """The first folder holding the four Fashion-MNIST files, in the order the config tries."""
+    from gmcert.data.idx import check_idx_present
+
+    candidates = [data_dir() / "fashion_mnist", Path("/usr/share/datasets/fashion-mnist")]
+    for folder in candidates:
+        try:
+            check_idx_present(name="fashion_mnist", root=folder)
+            return folder
+        except FileNotFoundError:
+            pass
+    return candidates[0]
+
+
 def experiments() -> list[Experiment]:
     models = torchvision.models
+    fashion = ("Fashion-MNIST (apt-get install dataset-fashion-mnist)", fashion_mnist_folder())
     cifar = ("CIFAR-10 (python version)", data_dir() / "cifar10" / "cifar-10-batches-py")
     imagenet = ("ImageNet train/ and val/ folders", data_dir() / "imagenet" / "val")
     vit = ("ViT-B/16 weights", weight_file(models.ViT_B_16_Weights.DEFAULT))
@@ -57,6 +73,8 @@ def experiments() -> list[Experiment]:
     return [
         Experiment("digits", sweep=False),
         Experiment("digits_lipschitz", sweep=False),
+        Experiment("fashion_mnist", sweep=True, needs=[fashion]),
+        Experiment("fashion_mnist_lipschitz", sweep=False, needs=[fashion]),
         Experiment("synthetic_exact", sweep=True),
         Experiment("eps_controlled", sweep=True),
         Experiment("cifar10_vit", sweep=True, needs=[cifar, vit]),

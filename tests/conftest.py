@@ -161,6 +161,28 @@ def write_cifar10(root: Path, *, per_batch: int = 20, n_test: int = 40, seed: in
     }
 
 
+def write_idx(root: Path, *, n_train: int = 100, n_test: int = 50, seed: int = 0) -> dict:
+    """The four gzipped MNIST-format IDX files, flat in root (Debian's layout): class-structured
+    28x28 images (each class a brighter block in its own place), labels cycling over 0..9.
+    Returns the arrays written."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 80, size=(n, 28, 28), dtype=np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 * k : 2 * k + 8, 4:20] += 150
+        for kind, magic, array in (("images-idx3", 0x803, images), ("labels-idx1", 0x801, labels)):
+            header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+            with gzip.open(root / f"{split}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + array.tobytes())
+        written[split] = (images, labels)
+    return written
+
+
 def write_imagenet(root: Path, *, seed: int = 0) -> None:
     """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG for 3 wnids, varied sizes and modes
     (one greyscale JPEG, one PNG), and a stray non-image file in every class folder."""

@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import CONFIGS, write_cifar10, write_imagenet
+from conftest import CONFIGS, write_cifar10, write_idx, write_imagenet
 
 from gmcert.pipeline import run
 from gmcert.report.sweep import report
@@ -40,6 +40,14 @@ PER_EXPERIMENT = {
         "dataset.train_per_class=4",
     ],
     "digits_lipschitz": ["encoder.epochs=3", "encoder.width=32"],
+    "fashion_mnist": ["dataset.fallback_roots=[]", "certify.noise_batch=640"],
+    "fashion_mnist_lipschitz": [
+        "dataset.fallback_roots=[]",
+        "encoder.epochs=2",
+        "encoder.width=32",
+        "encoder.latent_dim=8",
+        "encoder.train_batch_size=50",
+    ],
     # Tiny random UNets stand in for the diffusion models (written by fake_data).
     "cifar10_vit_dds": ["certify.sigma=0.25", "encoder.weights=random", "encoder.image_size=32"],
     "imagenet_vit_dds": [
@@ -62,6 +70,7 @@ def fake_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_cifar10(root / "cifar10")
     write_imagenet(root / "imagenet")
+    write_idx(root / "fashion_mnist")
     diffusers = pytest.importorskip("diffusers")
     for name in ("ddpm-cifar10-32", "imagenet-256-uncond"):
         torch.manual_seed(0)

@@ -72,6 +72,9 @@ def gaussian_fit(z: Tensor, labels: Tensor, means: Tensor, target_std: float) ->
     """sum_k p_k KL(N(m_k, C_k) || N(mu_k, s^2 I)) over the classes with at least two points
     in the batch (a covariance needs two). A tiny ridge keeps log det finite when a class has
     fewer points than dimensions."""
+    # float64: a float32 class covariance of few points in many dimensions can round to a
+    # matrix with a negative eigenvalue, whose log det is NaN (and NaN ruins every weight).
+    dtype, z, means = z.dtype, z.double(), means.double()
     d = z.shape[1]
     eye = torch.eye(d, dtype=z.dtype, device=z.device)
     var = target_std**2
@@ -89,7 +92,7 @@ def gaussian_fit(z: Tensor, labels: Tensor, means: Tensor, target_std: float) ->
             + (zk.mean(0) - means[k]).square().sum() / var
         )
         total = total + kl * len(zk) / len(z)
-    return total
+    return total.to(dtype)
 
 
 def gm_loss(z: Tensor, labels: Tensor, means: Tensor, weights: ObjectiveWeights) -> dict:

@@ -102,6 +102,13 @@ def train_network(
         sums: dict[str, float] = {}
         for rows in torch.tensor_split(torch.randperm(len(inputs)), batches):
             terms = gm_loss(network(inputs[rows]), labels[rows], means, objective)
+            if not torch.isfinite(terms["total"]):
+                raise FloatingPointError(
+                    f"the encoder's training loss became {float(terms['total'])} "
+                    f"({', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}); lower "
+                    "encoder.lr, or raise encoder.train_batch_size so that every class has more "
+                    "points per batch than encoder.latent_dim"
+                )
             optimiser.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimiser.step()

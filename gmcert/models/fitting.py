@@ -81,13 +81,19 @@ def heldout_certified_accuracy(
     mixture, Z, y, *, param: str, grid, radius: float, holdout_fraction: float, seed: int
 ) -> np.ndarray:
     """Certified accuracy at ``radius`` (latent l2) on a held-out split of train (never test)
-    of ``mixture`` (a linear rule) fitted on the rest with ``param`` set to each grid value."""
+    of ``mixture`` (a linear rule) fitted on the rest with ``param`` set to each grid value;
+    NaN for a value the data cannot be fitted with."""
     fit_idx, val_idx = train_test_split(
         np.arange(len(y)), test_size=holdout_fraction, stratify=y, random_state=seed
     )
     scores = []
     for value in tqdm(grid, desc=f"choose {param}", leave=False):
-        candidate = clone(mixture).set_params(**{param: value}).fit(Z[fit_idx], y[fit_idx])
+        try:
+            candidate = clone(mixture).set_params(**{param: value}).fit(Z[fit_idx], y[fit_idx])
+        except ValueError as err:  # e.g. no shrinkage with fewer points than dimensions
+            log.info("%s = %g cannot be fitted here (%s)", param, value, err)
+            scores.append(np.nan)
+            continue
         M, c = candidate.linear_head()
         codes, radii = certify_latents(LinearCertifier(M, c), Z[val_idx], batch_size=65536)
         correct = candidate.classes_[codes] == y[val_idx]
@@ -113,11 +119,11 @@ def select_shrinkage(mixture, Z, y, *, radius: float, holdout_fraction: float, s
         holdout_fraction=holdout_fraction,
         seed=seed,
     )
-    best = SELECT_GRID[int(np.argmax(scores))]
+    best = SELECT_GRID[int(np.nanargmax(scores))]
     log.info(
         "shrinkage = %g: held-out certified accuracy %.3f at radius %g (%s)",
         best,
-        scores.max(),
+        np.nanmax(scores),
         radius,
         ", ".join(f"{a:g}: {s:.3f}" for a, s in zip(SELECT_GRID, scores, strict=True)),
     )
@@ -161,11 +167,11 @@ def fit_robust_mixture(
         holdout_fraction=holdout_fraction,
         seed=seed,
     )
-    best = float(grid[int(np.argmax(scores))])
+    best = float(grid[int(np.nanargmax(scores))])
     log.info(
         "robust rule: tau = %.4g (held-out certified accuracy %.3f at radius %g)",
         best,
-        max(scores),
+        np.nanmax(scores),
         radius,
     )
     return clone(mixture).set_params(tau=best).fit(Z, y)

@@ -175,7 +175,9 @@ def eps_table(runs: list[RunFolder]) -> pd.DataFrame:
             row["eps_true_se"] = div["eps_true"]["stderr"]
         for name, est in (div.get("estimates") or {}).get("joint", {}).items():
             row[name] = est["estimate"]
-            row[f"{name}_ci"] = f"[{est['ci_low']:.3g}, {est['ci_high']:.3g}]"
+            # No interval where the bootstrap had too few points (or n_boot = 0).
+            if est.get("ci_low") is not None and est.get("ci_high") is not None:
+                row[f"{name}_ci"] = f"[{est['ci_low']:.3g}, {est['ci_high']:.3g}]"
             if "eps_true" in div:
                 row[f"{name}_error"] = est["estimate"] - div["eps_true"]["estimate"]
         row["measured_above_bound"] = div.get("measured_above_bound")
