@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gmcert.data import LabelledData
-from gmcert.encoders import build_encoder
+from gmcert.encoders import PRETRAINED, build_encoder
 from gmcert.io import check_entry, file_digest, store_entry
 from gmcert.memory import check_memory
 
@@ -169,6 +169,9 @@ def encode(
     opts = OmegaConf.to_container(encoder_cfg, resolve=True)
     opts.pop("name", None)
     extraction = {k: opts.pop(k) for k in _EXTRACTION_OPTIONS if k in opts}
+    if name in PRETRAINED:
+        # Grey images are replicated to RGB inside the encoder; its bound must know.
+        opts["source_channels"] = int(data.test.batch([0]).shape[1])
     if opts.get("lipschitz") == "spectral":
         # The bound covers the resize from the data's native size: it needs that size.
         opts["source_size"] = tuple(data.test.batch([0]).shape[-2:])

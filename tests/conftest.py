@@ -65,6 +65,7 @@ def rebuild_run(cfg) -> SimpleNamespace:
     params.pop("name", None)
     robust_radius = params.pop("robust_radius", None)
     holdout = params.pop("holdout_fraction", 0.2)
+    params.pop("select_radius", None)
     mixture = GaussianMixtureClassifier(**params, random_state=cfg.seed)
     if robust_radius is None:
         mixture.fit(Z_train, data.train.labels)

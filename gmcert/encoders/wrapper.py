@@ -100,6 +100,7 @@ class PretrainedEncoder(nn.Module):
         self.lipschitz: float | None = None
         self.lipschitz_source: str | None = None
         self.lipschitz_input_size: tuple[int, int] | None = None
+        self.lipschitz_channels: int = 3
         # Non-persistent: they are constants of the encoder, not weights, so state dicts of the
         # wrapper stay loadable into the bare backbone (after stripping "backbone.").
         self.register_buffer(
@@ -134,12 +135,21 @@ class PretrainedEncoder(nn.Module):
         Returns:
             (B, latent_dim) latents in the backbone's dtype.
         """
-        if x.ndim != 4 or x.shape[1] != 3:
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(
-                f"{self.name}: expected images of shape (B, 3, H, W) in [0, 1], got "
-                f"{tuple(x.shape)}; add a batch dimension with x[None] or convert grey images "
-                "to RGB"
+                f"{self.name}: expected images of shape (B, 3, H, W) or grey (B, 1, H, W) in "
+                f"[0, 1], got {tuple(x.shape)}; add a batch dimension with x[None]"
             )
+        if self.lipschitz is not None and x.shape[1] != self.lipschitz_channels:
+            # Replicating grey to RGB multiplies distances by sqrt(3): a bound made for one
+            # channel count does not hold for the other.
+            raise ValueError(
+                f"{self.name}: its Lipschitz bound was made for {self.lipschitz_channels}-channel "
+                f"inputs but got {x.shape[1]}; rebuild the encoder with "
+                f"source_channels={x.shape[1]}"
+            )
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # grey -> RGB, as PIL's convert("RGB") does
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         if self.lipschitz_input_size is not None and hw != self.lipschitz_input_size:
             # The spectral bound includes the resize's norm, which depends on the input grid;
@@ -162,6 +172,7 @@ class PretrainedEncoder(nn.Module):
         lipschitz: float | str | None,
         *,
         source_size: int | tuple[int, int] | None = None,
+        source_channels: int = 3,
         device: torch.device | str | None = None,
     ) -> PretrainedEncoder:
         """Attach a Lipschitz bound of the whole map ([0, 1] pixels, l2 -> latents, l2).
@@ -172,11 +183,17 @@ class PretrainedEncoder(nn.Module):
                 :mod:`gmcert.encoders.spectral`).
             source_size: (H, W) of the images that will be fed (e.g. (32, 32) for CIFAR-10
                 into a 224 px network); the resize's norm depends on it.  Default: input_size.
+            source_channels: 1 for grey images, which forward() replicates to RGB: every
+                l2 distance grows by sqrt(3) on the way, so the bound (spectral or declared,
+                a bound of the RGB map) is multiplied by sqrt(3).
             device: where to run the spectral computation (default: the encoder's device).
         Returns:
             self.
         """
         self.lipschitz, self.lipschitz_source, self.lipschitz_input_size = None, None, None
+        if source_channels not in (1, 3):
+            raise ValueError(f"{self.name}: source_channels must be 1 or 3, got {source_channels}")
+        self.lipschitz_channels = source_channels
         if lipschitz is None:
             return self
         if isinstance(lipschitz, str) and lipschitz.strip().lower() != "spectral":
@@ -187,9 +204,11 @@ class PretrainedEncoder(nn.Module):
                     f"{self.name}: lipschitz must be null, a positive number or 'spectral', "
                     f"got {lipschitz!r}"
                 ) from None
+        replication = math.sqrt(3) if source_channels == 1 else 1.0
         if isinstance(lipschitz, str):
             size = as_hw(source_size, "source_size") if source_size else self.input_size
-            self.lipschitz = self.spectral_lipschitz(source_size=size, device=device)
+            rgb_bound = self.spectral_lipschitz(source_size=size, device=device)
+            self.lipschitz = replication * rgb_bound
             self.lipschitz_source = "spectral"
             self.lipschitz_input_size = size
             log.info(
@@ -206,7 +225,7 @@ class PretrainedEncoder(nn.Module):
                 f"{self.name}: a declared lipschitz must be a finite positive number, got "
                 f"{lipschitz!r}"
             )
-        self.lipschitz, self.lipschitz_source = value, "declared"
+        self.lipschitz, self.lipschitz_source = replication * value, "declared"
         return self
 
     def spectral_lipschitz(
@@ -269,6 +288,7 @@ class BuildOptions:
             Small values (32, 64) let tests run random-init networks cheaply.
         source_size: (H, W) (or one int side) of the images that will be fed, for the spectral
             bound's resize factor (default: image_size, i.e. no resize).
+        source_channels: 3, or 1 for grey images (replicated to RGB: the bound gains sqrt(3)).
         device: where the module lives and where a spectral bound is computed.
     """
 
@@ -276,6 +296,7 @@ class BuildOptions:
     lipschitz: float | str | None = None
     image_size: int | None = None
     source_size: int | tuple[int, int] | None = None
+    source_channels: int = 3
     device: torch.device | str = "cpu"
 
     def __post_init__(self) -> None:
@@ -288,7 +309,10 @@ class BuildOptions:
         keywords), moved to ``device``, with the ``lipschitz`` bound attached."""
         encoder = PretrainedEncoder(backbone, **encoder_args).to(self.device)
         return encoder.set_lipschitz(
-            self.lipschitz, source_size=self.source_size, device=self.device
+            self.lipschitz,
+            source_size=self.source_size,
+            source_channels=self.source_channels,
+            device=self.device,
         )
 
 
