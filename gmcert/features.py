@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gmcert.data import LabelledData
-from gmcert.encoders import PRETRAINED, build_encoder
+from gmcert.encoders import PRETRAINED, TRAINED, build_encoder
 from gmcert.io import check_entry, file_digest, store_entry
 from gmcert.memory import check_memory
 
@@ -176,8 +176,8 @@ def encode(
         # The bound covers the resize from the data's native size: it needs that size.
         opts["source_size"] = tuple(data.test.batch([0]).shape[-2:])
         opts["device"] = device
-    # encoder=lipschitz trains its own weights and keeps them in this cache (None: retrain).
-    trained_weights = {"cache_dir": cache_dir, "force": force} if name == "lipschitz" else {}
+    # lipschitz and cnn train their own weights and keep them in this cache (None: retrain).
+    trained_weights = {"cache_dir": cache_dir, "force": force} if name in TRAINED else {}
     encoder = build_encoder(name, **opts, **trained_weights)
     # Learns from train only (PCA from the inputs, lipschitz from inputs and labels).
     encoder.fit(data.train.inputs, data.train.labels)

@@ -84,7 +84,13 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg, digests))
     write_run_config(out_dir, cfg)
     with timer("certify"):
-        certify_pending(methods, predictions_log, positions, data.test)
+        certify_pending(
+            methods,
+            predictions_log,
+            positions,
+            data.test,
+            smoothing_skip=cfg.certify.smoothing_skip,
+        )
     predictions = predictions_log.read()
     predictions = predictions[predictions["index"].isin(data.test.indices[positions])]
 
@@ -131,9 +137,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         "population_Q": population.as_metrics() if population else None,
         "divergence": degradation.metrics if degradation else None,
         "throughput": {
-            "certify_points_per_second": len(positions)
-            * len(methods)
-            / max(timer.seconds["certify"], 1e-9),
+            "certify_points_per_second": len(predictions) / max(timer.seconds["certify"], 1e-9),
         },
         **provenance(device, timer),
         "output_dir": str(out_dir),

@@ -75,6 +75,7 @@ def experiments() -> list[Experiment]:
         Experiment("digits_lipschitz", sweep=False),
         Experiment("fashion_mnist", sweep=True, needs=[fashion]),
         Experiment("fashion_mnist_lipschitz", sweep=False, needs=[fashion]),
+        Experiment("fashion_mnist_cnn", sweep=False, needs=[fashion]),
         Experiment("synthetic_exact", sweep=True),
         Experiment("eps_controlled", sweep=True),
         Experiment("cifar10_vit", sweep=True, needs=[cifar, vit]),

@@ -52,6 +52,17 @@ def test_attack_never_beats_a_certificate_and_bounds_accuracy_from_above(make_cf
         assert 0 < attack["tightness_median"] <= 1.0 + 1e-9
 
 
+def test_attack_skip_attacks_the_points_whose_index_is_a_multiple(make_cfg):
+    cfg = make_cfg(*FAST, "attack.skip=4", "certify.stop=101")
+    metrics = run(cfg)
+    assert metrics["attack"]["points"] == 26  # indices 0, 4, ..., 100
+    assert metrics["attack"]["unsound_points"] == 0
+    none = make_cfg(*FAST, "attack.skip=200", "certify.start=1", "certify.stop=150")
+    none.paths.output_dir += "-none"
+    with pytest.raises(ValueError, match="attack.skip=200 leaves no test point"):
+        run(none)
+
+
 def test_an_over_certified_radius_ends_the_run_unsound(make_cfg, monkeypatch, tmp_path):
     honest = ClosedForm.certify
 

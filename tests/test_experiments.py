@@ -48,6 +48,12 @@ PER_EXPERIMENT = {
         "encoder.latent_dim=8",
         "encoder.train_batch_size=50",
     ],
+    "fashion_mnist_cnn": [
+        "dataset.fallback_roots=[]",
+        "encoder.epochs=1",
+        "encoder.channels=[4,8]",
+        "encoder.latent_dim=16",
+    ],
     # Tiny random UNets stand in for the diffusion models (written by fake_data).
     "cifar10_vit_dds": ["certify.sigma=0.25", "encoder.weights=random", "encoder.image_size=32"],
     "imagenet_vit_dds": [

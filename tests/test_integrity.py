@@ -209,3 +209,24 @@ def test_report_merges_only_the_parts_of_one_split_run(tmp_path):
     combined = report([tmp_path / "parts"], tmp_path / "r3")["combined"]
     assert combined["run"].nunique() == 1
     assert "merged 2 parts, points 0-359" in combined["run"].iloc[0]
+
+
+def test_smoothing_subset_is_chosen_by_index_so_shards_agree(tmp_path):
+    """certify.smoothing_skip=k: smoothing certifies the points whose index is a multiple of
+    k, closed form every point; sharded and unsplit runs still write the same table."""
+    subset = ["certify.methods=[closed_form,smoothing_gmm]", "certify.smoothing_skip=7"]
+    unsplit = smoothing_run(tmp_path, "unsplit", *subset)
+    preds = pd.read_csv(unsplit / "predictions.csv")
+    smoothed = preds[preds["method"] == "smoothing_gmm"]["index"]
+    closed = preds[preds["method"] == "closed_form"]["index"]
+    assert (smoothed % 7 == 0).all() and set(smoothed) == {i for i in closed if i % 7 == 0}
+    assert len(closed) > 6 * len(smoothed)
+    for shard in range(2):
+        smoothing_run(
+            tmp_path, f"shards/{shard}", *subset, "certify.shards=2", f"certify.shard={shard}"
+        )
+    merged = report([tmp_path / "shards"], tmp_path / "report")["combined"]
+    merged.drop(columns="run").to_csv(tmp_path / "merged.csv", index=False)
+    assert (tmp_path / "merged.csv").read_bytes() == (
+        unsplit / "certified_accuracy.csv"
+    ).read_bytes()

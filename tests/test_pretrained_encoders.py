@@ -8,6 +8,7 @@ weights message, optional packages, and the spectral Lipschitz bound being a tru
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from conftest import CONFIGS
 from torch import nn
 
-from gmcert.encoders import ENCODER_BUILDERS, PRETRAINED, build_encoder, spectral
+from gmcert.encoders import ENCODER_BUILDERS, PRETRAINED, TRAINED, build_encoder, spectral
 from gmcert.encoders.hub_models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip, dinov2
 from gmcert.encoders.torchvision_models import resnet, vit
 from gmcert.encoders.wrapper import IMAGENET_MEAN, IMAGENET_STD, BuildOptions, PretrainedEncoder
@@ -230,7 +231,7 @@ def test_vit_state_dict_round_trip(tmp_path):
 
 
 def test_registry():
-    assert set(PRETRAINED) == set(ENCODER_BUILDERS) - {"identity", "pca", "lipschitz"}
+    assert set(PRETRAINED) == set(ENCODER_BUILDERS) - {"identity", "pca", *TRAINED}
     with pytest.raises(ValueError, match=r"unknown encoder 'resnet5O'; choose one of \[.*'vit'"):
         build_encoder("resnet5O")
     enc = build_encoder("resnet18", weights=None, image_size=32)
@@ -503,6 +504,27 @@ def test_spectral_bound_is_an_upper_bound(make, latent_dim):
     # The bound must refuse inputs of another size: the resize factor would be wrong.
     with pytest.raises(ValueError, match="source_size"):
         enc(torch.rand(1, 3, 16, 16, dtype=torch.float64))
+
+
+def test_grey_images_are_replicated_and_the_bound_grows_by_sqrt3():
+    """Grey (B, 1, H, W) encodes as its RGB replication; the bound of the grey map is the
+    RGB map's times sqrt(3) (declared or spectral) and holds against an attack on grey input;
+    a bound made for one channel count refuses the other."""
+    torch.manual_seed(0)
+    source = (12, 12)
+    rgb = _wrap(_tiny_plain(), 5, source)
+    grey = copy.deepcopy(rgb).set_lipschitz("spectral", source_size=source, source_channels=1)
+    assert grey.lipschitz == pytest.approx(math.sqrt(3) * rgb.lipschitz, rel=1e-12)
+    x = torch.rand(4, 1, *source, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(grey(x), rgb(x.expand(-1, 3, -1, -1)))
+    assert 0 < _attack_ratio(grey, (1, *source)) <= grey.lipschitz
+    declared = copy.deepcopy(rgb).set_lipschitz(2.0, source_channels=1)
+    assert declared.lipschitz == pytest.approx(2 * math.sqrt(3))
+    with pytest.raises(ValueError, match="source_channels=3"):
+        declared(torch.rand(1, 3, *source, dtype=torch.float64))
+    with pytest.raises(ValueError, match="source_channels=1"):
+        rgb(x)
 
 
 def test_spectral_bound_refusals():

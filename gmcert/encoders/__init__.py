@@ -10,6 +10,7 @@ split (PCA from its inputs, lipschitz from its inputs and labels).
 Modules: :mod:`~gmcert.encoders.linear` (identity, PCA), :mod:`~gmcert.encoders.lipschitz` (a
 1-Lipschitz network gmcert trains itself: its layers, objective, training loop and weight cache
 in ``lipschitz_layers``, ``gm_objective``, ``lipschitz_training``, ``weight_cache``),
+:mod:`~gmcert.encoders.cnn` (an ordinary CNN gmcert trains with cross-entropy, then freezes),
 :mod:`~gmcert.encoders.wrapper` (the
 frozen :class:`PretrainedEncoder` every pretrained builder returns and the :class:`BuildOptions`
 they all take),
@@ -28,6 +29,7 @@ from functools import partial
 from torch import nn
 
 from gmcert.encoders import hub_models, torchvision_models
+from gmcert.encoders.cnn import TrainedCNNEncoder
 from gmcert.encoders.linear import IdentityEncoder, PCAEncoder
 from gmcert.encoders.lipschitz import LipschitzEncoder
 from gmcert.encoders.wrapper import BuildOptions, PretrainedEncoder
@@ -48,11 +50,14 @@ ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "identity": IdentityEncoder,
     "pca": PCAEncoder,
     "lipschitz": LipschitzEncoder,
+    "cnn": TrainedCNNEncoder,
     **_TORCHVISION,
     **_HUB,
 }
 # Frozen pretrained encoders: their latents depend on the weights, not on the training data.
 PRETRAINED = (*_TORCHVISION, *_HUB)
+# Encoders gmcert trains on the train split, whose weights live in the run's cache folder.
+TRAINED = ("lipschitz", "cnn")
 _SHARED_OPTIONS = tuple(f.name for f in fields(BuildOptions))
 
 
@@ -76,10 +81,12 @@ def build_encoder(name: str, **options) -> nn.Module:
 __all__ = [
     "ENCODER_BUILDERS",
     "PRETRAINED",
+    "TRAINED",
     "BuildOptions",
     "IdentityEncoder",
     "LipschitzEncoder",
     "PCAEncoder",
     "PretrainedEncoder",
+    "TrainedCNNEncoder",
     "build_encoder",
 ]

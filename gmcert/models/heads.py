@@ -89,10 +89,22 @@ class LinearProbeHead(nn.Module):
 
 
 def fit_linear_probe(
-    Z_train, y_train, *, seed: int, C_grid=(0.01, 0.1, 1.0, 10.0), holdout_fraction: float = 0.2
+    Z_train,
+    y_train,
+    *,
+    seed: int,
+    C_grid=(0.01, 0.1, 1.0, 10.0),
+    holdout_fraction: float = 0.2,
+    selection_rows: int = 20_000,
 ) -> LinearProbe:
     """Logistic regression with C chosen on a held-out split of train (never on test), then
-    refitted on all of train."""
+    refitted on all of train.
+
+    C is chosen on a stratified subsample of at most ``selection_rows`` rows: the choice
+    between values a decade apart is clear on that many points, and fitting every C on the
+    whole of a noise-augmented train split (240,000 x 784 for Fashion-MNIST pixels) took
+    minutes where the one final fit takes half a minute.
+    """
     Z = np.asarray(Z_train, np.float64)
     mean = Z.mean(axis=0)
     scale = float(np.sqrt(((Z - mean) ** 2).sum(axis=1).mean())) or 1.0
@@ -102,10 +114,15 @@ def fit_linear_probe(
         return LogisticRegression(C=C, max_iter=1000, random_state=seed)
 
     try:
+        rows = np.arange(len(y_train))
+        if len(rows) > selection_rows:
+            rows, _ = train_test_split(
+                rows, train_size=selection_rows, stratify=y_train, random_state=seed
+            )
         fit_idx, val_idx = train_test_split(
-            np.arange(len(y_train)),
+            rows,
             test_size=holdout_fraction,
-            stratify=y_train,
+            stratify=y_train[rows],
             random_state=seed,
         )
         scores = [
