@@ -8,6 +8,7 @@ bound: the falsification check a referee asks for.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,13 @@ def judge(table: pd.DataFrame, *, eps: float, source: str) -> Verdict:
             f"measured certified accuracy falls BELOW the bound at eps = {eps:.4g} at radii "
             f"{failing}: KL(P || Q) <= eps is falsified by these data",
         )
+    if math.isinf(eps):
+        return Verdict(
+            "vacuous",
+            f"eps = inf ({source}): the latents put a point mass on single values (e.g. the "
+            "exact zeros of ReLU features), so P has no density and KL(P || Q) is infinite for "
+            "every Gaussian mixture Q; the bound is 0 at every radius",
+        )
     if (table.loc[rows, "bound_at_eps"] <= 0).all():
         return Verdict(
             "vacuous",
@@ -108,7 +116,7 @@ class Sensitivity:
     rows: pd.DataFrame
     eps_grid: np.ndarray
     curves: np.ndarray  # (len(eps_grid), len(rows))
-    eps: float
+    eps: float | None  # None when eps is infinite
     interval: tuple[float | None, float | None] | None
 
 
@@ -174,7 +182,10 @@ def degrade(
     verdict = judge(table, eps=eps, source=source)
     result.update(measured_above_bound=verdict.above, verdict=verdict.text)
     log.info(verdict.text)
-    grid = np.geomspace(1e-3, max(10.0, 2 * (eps_upper or eps or 0.0)), 200)
+    finite = [e for e in (eps_upper, eps) if e is not None and math.isfinite(e)]
+    grid = np.geomspace(1e-3, max([10.0, *(2 * e for e in finite)]), 200)
     rows = table[table["population_Q"].notna()]
     curves = sensitivity_curves(population.ci_low, grid)
+    if not math.isfinite(eps):  # nothing to mark on a finite axis: only the curves
+        eps, interval = None, None
     return Degradation(result, Sensitivity(rows, grid, curves, eps, interval))

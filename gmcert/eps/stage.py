@@ -3,9 +3,12 @@ held-out test latents against the fitted mixture (docs/theory.md section 7)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gmcert.eps import estimate_eps, gaussianity_tests
+from gmcert.eps.atoms import point_masses
 from gmcert.models.mixture import GaussianMixtureClassifier
 
 
@@ -14,7 +17,8 @@ def estimate_for_mixture(
 ) -> dict:
     """Every estimator's eps per class and jointly, the diagnostics, and the eps the bound uses
     (``eps_hat``: the largest joint estimate, the most pessimistic; None when no estimator
-    gave a joint estimate, e.g. classes too small). ``options``: the ``divergence`` config."""
+    gave a joint estimate, e.g. classes too small; inf when some class's latents have a point
+    mass, :mod:`gmcert.eps.atoms`). ``options``: the ``divergence`` config."""
     codes = np.searchsorted(mixture.classes_, y_test)
     estimates = estimate_eps(
         Z_test,
@@ -30,11 +34,17 @@ def estimate_for_mixture(
         max_per_class=options.max_per_class,
     )
     lows = [v["ci_low"] for v in estimates["joint"].values() if v.get("ci_low") is not None]
+    masses = point_masses(Z_test, codes)
+    eps = pessimistic_eps(estimates)
+    if masses["found"]:
+        # The estimators assume P has a density and print finite numbers; it has none.
+        eps = {"eps_hat": math.inf, "eps_upper": math.inf, "from_estimator": "point_masses"}
     return {
         "estimates": estimates,
         "gaussianity": gaussianity_tests(Z_test, codes),
-        "eps_ci_low": min(lows) if lows else None,
-        **pessimistic_eps(estimates),
+        "point_masses": masses,
+        "eps_ci_low": math.inf if masses["found"] else (min(lows) if lows else None),
+        **eps,
     }
 
 
