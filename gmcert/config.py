@@ -154,6 +154,10 @@ class LipschitzConfig:
     epochs: int = 150
     train_batch_size: int = 256  # not batch_size: that is the encode stage's extraction batch
     lr: float = 0.01
+    # mlp, or conv: 1-Lipschitz convolution blocks (one per channels entry) before the dense
+    # layers, for images
+    architecture: str = "mlp"
+    channels: list[int] = field(default_factory=lambda: [16, 32, 16])
     seed: int = 0  # configs/encoder/lipschitz.yaml sets it to the run's seed
 
 

@@ -29,13 +29,16 @@ from torch import Tensor, nn
 
 from gmcert.encoders.gm_objective import ObjectiveWeights
 from gmcert.encoders.lipschitz_layers import (
+    ChannelGroupSort,
     GroupSort,
     Translate,
     freeze_orthogonal,
     lipschitz_bound,
+    normalized_conv,
     orthogonal_linear,
 )
 from gmcert.encoders.lipschitz_training import TrainingOptions, seeded, train_network
+from gmcert.encoders.spectral import spectral_lipschitz
 from gmcert.encoders.weight_cache import load_weights, store_weights, weights_key
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,11 @@ class LipschitzEncoder(nn.Module):
     ``train_batch_size`` (named apart from the encode stage's extraction ``batch_size``),
     ``lr`` (Adam, cosine decay), ``seed``. ``cache_dir``: where trained weights
     are kept (None: always train); ``force``: retrain even when cached.
+
+    ``architecture="conv"`` puts convolution blocks before the dense layers, for images
+    (N, C, H, W): per entry of ``channels`` a 3x3 convolution whose operator norm is capped at
+    1 while training, then a channel GroupSort, with a PixelUnshuffle(2) between blocks. Its
+    ``lipschitz`` is the spectral bound of the frozen weights (exact convolution norms).
     """
 
     name = "lipschitz"
@@ -79,12 +87,22 @@ class LipschitzEncoder(nn.Module):
         epochs: int = 150,
         train_batch_size: int = 256,
         lr: float = 0.01,
+        architecture: str = "mlp",
+        channels=(16, 32, 16),
         seed: int = 0,
         cache_dir=None,
         force: bool = False,
         progress: bool = True,
     ):
         super().__init__()
+        if architecture not in ("mlp", "conv"):
+            raise ValueError(f"encoder.architecture must be mlp or conv, got {architecture!r}")
+        channels = [int(_positive_int("channels", c)) for c in channels]
+        if architecture == "conv" and (not channels or any(c % group_size for c in channels)):
+            raise ValueError(
+                f"encoder.channels must be a non-empty list of multiples of encoder.group_size "
+                f"({group_size}) for architecture=conv, got {channels}"
+            )
         for key, value in (("latent_dim", latent_dim), ("width", width), ("depth", depth)):
             _positive_int(key, value)
         _positive_int("group_size", group_size)
@@ -122,6 +140,8 @@ class LipschitzEncoder(nn.Module):
             "lr": float(lr),
             "seed": int(seed),
         }
+        if architecture == "conv":  # (absent for the MLP, whose cache keys predate it)
+            self.options.update(architecture="conv", channels=channels)
         self.seed = int(seed)
         self.cache_dir, self.force = cache_dir, force
         self.network: nn.Sequential | None = None
@@ -130,15 +150,31 @@ class LipschitzEncoder(nn.Module):
         self.training_seconds: float | None = None  # None when the weights came from the cache
         self.history: list[dict] = []
 
-    def _build(self, input_dim: int, offset: Tensor, *, trainable: bool) -> nn.Sequential:
-        """The chain of layers; orthogonal parametrizations only when it is to be trained."""
+    def _build(self, offset: Tensor, *, trainable: bool) -> nn.Sequential:
+        """The chain of layers for inputs shaped like ``offset`` (flat for the MLP, (C, H, W)
+        for conv); norm-keeping parametrizations only when it is to be trained."""
         o = self.options
 
         def linear(n_in: int, n_out: int) -> nn.Linear:
             return orthogonal_linear(n_in, n_out) if trainable else nn.Linear(n_in, n_out)
 
         layers: list[nn.Module] = [Translate(offset)]
-        n_in = input_dim
+        n_in = offset.numel()
+        if o.get("architecture") == "conv":
+            # conv + channel GroupSort blocks; between blocks PixelUnshuffle halves the side
+            # (moving pixels into channels, a permutation), so every map stays 1-Lipschitz.
+            c, h, w = offset.shape
+            for i, width in enumerate(o["channels"]):
+                conv = (
+                    normalized_conv(c, width, (h, w)) if trainable else nn.Conv2d(c, width, 3, 1, 1)
+                )
+                layers += [conv, ChannelGroupSort(o["group_size"])]
+                c = width
+                if i < len(o["channels"]) - 1:
+                    layers.append(nn.PixelUnshuffle(2))
+                    c, h, w = 4 * c, h // 2, w // 2
+            layers.append(nn.Flatten(1))
+            n_in = c * h * w
         for _ in range(o["depth"]):
             layers += [linear(n_in, o["width"]), GroupSort(o["group_size"])]
             n_in = o["width"]
@@ -154,7 +190,18 @@ class LipschitzEncoder(nn.Module):
                 "encoder=lipschitz trains on in-memory arrays (digits, synthetic); for image "
                 "folders use a pretrained encoder"
             )
-        x = torch.as_tensor(np.asarray(train_inputs, np.float32).reshape(len(train_inputs), -1))
+        x = np.asarray(train_inputs, np.float32)
+        if self.options.get("architecture") == "conv":
+            blocks = len(self.options["channels"]) - 1
+            if x.ndim != 4 or x.shape[2] % 2**blocks or x.shape[3] % 2**blocks:
+                raise ValueError(
+                    f"encoder.architecture=conv needs images (N, C, H, W) with H and W "
+                    f"divisible by {2**blocks} ({blocks} halvings), got {x.shape}; use "
+                    "architecture=mlp for flat inputs, or fewer encoder.channels"
+                )
+        else:
+            x = x.reshape(len(x), -1)
+        x = torch.as_tensor(x)
         y = torch.as_tensor(np.asarray(train_labels, np.int64))
         if len(x) != len(y):
             raise ValueError(f"{len(x)} train inputs but {len(y)} labels")
@@ -167,7 +214,7 @@ class LipschitzEncoder(nn.Module):
             # Seeded only so that the layers' throwaway initialisation leaves the caller's
             # random state alone; the cached weights replace it.
             with seeded(self.seed):
-                network = self._build(x.shape[1], x.mean(0), trainable=False)
+                network = self._build(x.mean(0), trainable=False)
             try:
                 network.load_state_dict(state)
                 log.info("lipschitz encoder: weights from the cache (%s)", key)
@@ -178,20 +225,27 @@ class LipschitzEncoder(nn.Module):
         if state is None:
             network = self._train(x, y)
             if self.cache_dir is not None:
-                material = {"options": self.options, "n_train": len(x), "input_dim": x.shape[1]}
+                material = {
+                    "options": self.options,
+                    "n_train": len(x),
+                    "input_shape": list(x.shape[1:]),
+                }
                 store_weights(self.cache_dir, CACHE_STAGE, key, network.state_dict(), material)
         # Evaluated in float64: the certificate is the exact distance to the boundary of the
         # classifier as computed, so its latents must not carry float32 rounding (radii near
         # 0.02 were beaten by attacks 1e-6 inside them when the network ran in float32).
         self.network = network.double().eval().requires_grad_(False)
-        self.lipschitz = lipschitz_bound(self.network)
+        if self.options.get("architecture") == "conv":  # exact conv norms of the stored weights
+            self.lipschitz = spectral_lipschitz(self.network, tuple(x.shape[1:]))
+        else:
+            self.lipschitz = lipschitz_bound(self.network)
         log.info("lipschitz encoder: l2 Lipschitz bound %.9f", self.lipschitz)
         return self
 
     def _train(self, x: Tensor, y: Tensor) -> nn.Sequential:
         start = time.perf_counter()
         with seeded(self.seed):
-            network = self._build(x.shape[1], x.mean(0), trainable=True)
+            network = self._build(x.mean(0), trainable=True)
             result = train_network(
                 network,
                 x,
@@ -213,4 +267,4 @@ class LipschitzEncoder(nn.Module):
         if self.network is None:
             raise RuntimeError("LipschitzEncoder: call fit(train_inputs, train_labels) first")
         offset = self.network[0].offset
-        return self.network(x.flatten(1).to(offset.dtype))
+        return self.network(x.to(offset.dtype))

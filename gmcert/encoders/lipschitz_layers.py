@@ -52,15 +52,65 @@ class GroupSort(nn.Module):
         return f"group_size={self.group_size}"
 
 
+class ChannelGroupSort(nn.Module):
+    """GroupSort across channels of images (B, C, H, W): at every pixel, each group of
+    ``group_size`` consecutive channels is sorted (a permutation per pixel, so 1-Lipschitz and
+    norm-preserving like :class:`GroupSort`)."""
+
+    def __init__(self, group_size: int = 2):
+        super().__init__()
+        GroupSort(group_size)  # the same check of group_size
+        self.group_size = group_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        if c % self.group_size:
+            raise ValueError(
+                f"ChannelGroupSort(group_size={self.group_size}) needs a channel count divisible "
+                f"by {self.group_size}, got {c}"
+            )
+        groups = x.reshape(b, c // self.group_size, self.group_size, h, w)
+        return groups.sort(dim=2, descending=True).values.reshape(x.shape)
+
+
 class Translate(nn.Module):
-    """x -> flatten(x) - offset: moves the data's centre to 0 (Lipschitz 1, norm unchanged)."""
+    """x -> x - offset, with x reshaped to the offset's shape per row (flattened for a flat
+    offset): moves the data's centre to 0 (Lipschitz 1, norm unchanged)."""
 
     def __init__(self, offset: Tensor):
         super().__init__()
         self.register_buffer("offset", offset.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.flatten(1) - self.offset
+        return x.reshape(len(x), *self.offset.shape) - self.offset
+
+
+class _ConvNormCap(nn.Module):
+    """Parametrization ``weight -> weight / max(1, ||conv(weight)||)`` of a stride-1 zero-padded
+    convolution on ``input_hw`` images, so the layer's l2 operator norm stays <= 1 while it
+    trains. The norm is that of the circular convolution on the padded grid (which contains
+    the zero-padded one): the largest singular value of the kernel's 2-D DFT over the grid's
+    frequencies (Sedghi, Gupta & Long 2019), differentiable. The certified bound of the
+    trained network is computed afresh from the frozen weights
+    (:func:`gmcert.encoders.spectral.spectral_lipschitz`), not taken from here."""
+
+    def __init__(self, input_hw: tuple[int, int], padding: int):
+        super().__init__()
+        self.grid = (input_hw[0] + 2 * padding, input_hw[1] + 2 * padding)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        spectrum = torch.fft.fft2(weight, s=self.grid).permute(2, 3, 0, 1)
+        norm = torch.linalg.matrix_norm(spectrum, ord=2).max()
+        return weight / norm.clamp_min(1.0)
+
+
+def normalized_conv(c_in: int, c_out: int, input_hw: tuple[int, int]) -> nn.Conv2d:
+    """A 3x3, stride-1, zero-padded ``nn.Conv2d`` whose operator norm on ``input_hw`` images
+    is kept <= 1 while training (:class:`_ConvNormCap`); draws its initialisation from the
+    global torch generator."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+    parametrize.register_parametrization(conv, "weight", _ConvNormCap(input_hw, 1))
+    return conv
 
 
 def orthogonal_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -73,12 +123,17 @@ def orthogonal_linear(in_features: int, out_features: int) -> nn.Linear:
 
 
 def freeze_orthogonal(module: nn.Module) -> nn.Module:
-    """Replace every orthogonal parametrization in ``module`` by the matrix it currently
-    produces, in place: plain ``nn.Linear`` layers whose state dict holds the weights the
-    forward pass uses (the bound is then computed from exactly these)."""
+    """Replace every parametrization in ``module`` (orthogonal, convolution norm cap) by the
+    weight it currently produces, in place: plain ``nn.Linear`` / ``nn.Conv2d`` layers whose
+    state dict holds the weights the forward pass uses (the bound is then computed from
+    exactly these)."""
     for layer in module.modules():
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+            # Contiguous, as a loaded state dict is: a transposed view takes other kernels,
+            # whose rounding differs (1e-16), so cached and fresh encoders would not agree bit
+            # for bit.
+            layer.weight.data = layer.weight.data.contiguous()
     return module
 
 
@@ -87,8 +142,9 @@ def spectral_norm(weight: Tensor) -> float:
     return float(torch.linalg.svdvals(weight.detach().to("cpu", torch.float64))[0])
 
 
-# Modules with Lipschitz constant 1 in l2 by construction (see the module docstring).
-_ONE_LIPSCHITZ = (GroupSort, Translate, nn.Identity)
+# Modules with Lipschitz constant 1 in l2 by construction (see the module docstring);
+# PixelUnshuffle only moves pixels into channels (a permutation).
+ONE_LIPSCHITZ = (GroupSort, ChannelGroupSort, Translate, nn.Identity, nn.PixelUnshuffle)
 
 
 def lipschitz_bound(chain: nn.Sequential) -> float:
@@ -102,7 +158,7 @@ def lipschitz_bound(chain: nn.Sequential) -> float:
     for index, layer in enumerate(chain):
         if isinstance(layer, nn.Linear):
             bound *= spectral_norm(layer.weight)
-        elif not isinstance(layer, _ONE_LIPSCHITZ):
+        elif not isinstance(layer, ONE_LIPSCHITZ):
             raise ValueError(
                 f"lipschitz_bound: no known l2 Lipschitz constant for layer {index} "
                 f"({type(layer).__name__}); use orthogonal_linear and GroupSort layers"

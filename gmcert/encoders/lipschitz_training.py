@@ -83,8 +83,8 @@ def train_network(
     split only.
     """
     network.train()
-    with torch.no_grad():
-        start = network(inputs)
+    with torch.no_grad():  # in slices: a conv network's activations of all inputs are GBs
+        start = torch.cat([network(part) for part in inputs.split(4096)])
     means = torch.stack([start[labels == k].mean(0) for k in range(num_classes)])
     means = nn.Parameter(means)
     optimiser = torch.optim.Adam([*network.parameters(), means], lr=options.lr)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gmcert.encoders.lipschitz_layers import ONE_LIPSCHITZ
+
 # Relative slack multiplied onto every float64 norm computed below.  float64 eigen-solvers are
 # accurate to ~1e-13 relative; 1e-6 makes certain that rounding never shrinks a bound.
 _FLOAT64_SLACK = 1e-6
@@ -389,7 +391,7 @@ def _module_bound(m: nn.Module, shape: tuple[int, ...], device) -> tuple[float, 
     if isinstance(m, nn.Sequential):
         return _chain_bound(list(m), shape, device)
     out = _output_shape([m], shape, device)
-    if isinstance(m, _ONE_LIPSCHITZ):
+    if isinstance(m, (*_ONE_LIPSCHITZ, *ONE_LIPSCHITZ)):
         return 1.0, out
     if isinstance(m, nn.LeakyReLU):
         return max(1.0, abs(m.negative_slope)), out
@@ -408,7 +410,8 @@ def _module_bound(m: nn.Module, shape: tuple[int, ...], device) -> tuple[float, 
     raise ValueError(
         f"no honest Lipschitz bound is implemented for {type(m).__name__}; spectral bounds "
         "cover Conv2d (zero padding), BatchNorm (eval), Linear, ReLU/LeakyReLU, Max/Avg/"
-        "AdaptiveAvg pooling, Flatten, Dropout (eval), Sequential and torchvision ResNets. "
+        "AdaptiveAvg pooling, Flatten, Dropout (eval), PixelUnshuffle, gmcert's GroupSort "
+        "layers, Sequential and torchvision ResNets. "
         "Declare a bound instead (encoder.lipschitz=<float>) or leave it null."
     )
 

@@ -1,0 +1,102 @@
+"""encoder=lipschitz architecture=conv: convolution blocks whose norm is capped while training;
+the bound of the frozen network (exact convolution norms) must hold against random pairs and
+an attack on the stretch ratio, and the layers it relies on must be what they claim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from gmcert.encoders.lipschitz import LipschitzEncoder
+from gmcert.encoders.lipschitz_layers import ChannelGroupSort, normalized_conv
+from gmcert.encoders.spectral import conv2d_norm_bound
+
+CONV = dict(
+    architecture="conv",
+    channels=[4, 8, 4],
+    width=16,
+    latent_dim=4,
+    epochs=3,
+    train_batch_size=32,
+    margin=0.5,
+    progress=False,
+)
+
+
+def images(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.uniform(0, 0.3, (n, 1, 8, 8))
+    for i, k in enumerate(y):
+        x[i, 0, 2 * k : 2 * k + 3] += 0.6
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    x, y = images()
+    return LipschitzEncoder(**CONV).fit(x, y), x
+
+
+def test_capped_convolution_keeps_its_operator_norm_at_most_one():
+    torch.manual_seed(0)
+    conv = normalized_conv(3, 6, (10, 10))
+    with torch.no_grad():
+        conv.parametrizations.weight.original.mul_(5.0)  # far above 1 before the cap
+    weight = conv.weight.detach()
+    assert conv2d_norm_bound(weight, (10, 10), padding=1) <= 1 + 3e-4  # bound within 1e-4
+    parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+    assert isinstance(conv, torch.nn.Conv2d) and torch.equal(conv.weight, weight)
+
+
+def test_channel_group_sort_permutes_channels_at_each_pixel():
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    y = ChannelGroupSort(2)(x)
+    assert torch.allclose(y.norm(dim=1), x.norm(dim=1))
+    pairs = y.reshape(2, 3, 2, 3, 3)
+    assert (pairs[:, :, 0] >= pairs[:, :, 1]).all()
+    with pytest.raises(ValueError, match="divisible by 2"):
+        ChannelGroupSort(2)(torch.zeros(1, 3, 2, 2))
+
+
+def test_bound_is_near_one_and_never_beaten(fitted):
+    encoder, x = fitted
+    assert 1.0 <= encoder.lipschitz < 1.01
+    gen = torch.Generator().manual_seed(0)
+    a = torch.as_tensor(x[:32], dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(a.shape, generator=gen, dtype=torch.float64)).requires_grad_()
+    optimiser = torch.optim.Adam([b], lr=0.01)
+    best = 0.0
+    for _ in range(100):
+        ratio = (encoder(b) - encoder(a)).norm(dim=1) / (b - a).flatten(1).norm(dim=1)
+        best = max(best, float(ratio.detach().max()))
+        optimiser.zero_grad()
+        (-ratio.sum()).backward()
+        optimiser.step()
+    assert 0 < best <= encoder.lipschitz
+
+
+def test_cached_weights_give_the_same_encoder(tmp_path):
+    x, y = images()
+    first = LipschitzEncoder(**CONV, cache_dir=tmp_path).fit(x, y)
+    again = LipschitzEncoder(**CONV, cache_dir=tmp_path).fit(x, y)
+    assert again.training_seconds is None
+    xt = torch.as_tensor(x)
+    assert torch.equal(first(xt), again(xt)) and first.lipschitz == again.lipschitz
+
+
+@pytest.mark.parametrize(
+    ("options", "inputs", "message"),
+    [
+        ({}, np.zeros((8, 64), np.float32), "needs images"),
+        ({}, np.zeros((8, 1, 6, 6), np.float32), "divisible by 4"),
+        ({"channels": [3]}, np.zeros((8, 1, 8, 8), np.float32), "multiples of encoder.group_size"),
+        ({"architecture": "resnet"}, None, "mlp or conv"),
+    ],
+)
+def test_bad_inputs_and_options_are_refused(options, inputs, message):
+    with pytest.raises(ValueError, match=message):
+        encoder = LipschitzEncoder(**{**CONV, **options})
+        encoder.fit(inputs, np.zeros(len(inputs), np.int64))
