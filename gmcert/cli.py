@@ -72,8 +72,9 @@ def run_job(cfg: DictConfig) -> dict | None:
     attack = metrics.get("attack")
     if attack:
         print(
-            f"attacked: {attack['method']} points attacked in {attack['norm']} ({attack['space']} "
-            f"space), {attack['seconds']:.1f} s; median certified / attack radius "
+            f"attacked: {attack['points']:,} {attack['method']} points attacked in "
+            f"{attack['norm']} ({attack['space']} space; the 'attacked' column is over these), "
+            f"{attack['seconds']:.1f} s; median certified / attack radius "
             f"{attack['tightness_median'] or float('nan'):.3f}; no attack beat a certificate"
         )
     divergence = metrics.get("divergence") or {}

@@ -1,4 +1,5 @@
-"""`run(cfg)`: data -> encode -> fit -> certify -> attack -> evaluate -> degrade -> write.
+"""`run(cfg)`: data -> encode -> fit -> heads -> certify -> attack -> evaluate -> degrade ->
+write (heads: the certification methods are built, smoothing's heads trained).
 
 Each stage is one call into the module that owns it; nothing else happens here.
 """
@@ -80,7 +81,8 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         transfer=transfer,
         denoiser=denoiser,
     )
-    methods = build_methods(cfg.certify.methods, inputs)
+    with timer("heads"):  # smoothing's heads are trained here, under its noise
+        methods = build_methods(cfg.certify.methods, inputs)
     predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg, digests))
     write_run_config(out_dir, cfg)
     with timer("certify"):

@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from timing import write_report
 
+from gmcert.config import register_configs
 from gmcert.pipeline import run
 from gmcert.preflight import check_inputs_present
 
@@ -101,6 +102,7 @@ def main(names: list[str]) -> None:
     unknown = set(names) - set(CASES)
     if unknown:
         sys.exit(f"unknown case(s) {sorted(unknown)}; choose from {sorted(CASES)}")
+    register_configs()
     load_before = os.getloadavg()
     cases = []
     for name in names or DEFAULT:

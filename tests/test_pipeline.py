@@ -71,6 +71,7 @@ def test_default_run_writes_every_output(make_cfg):
         "data",
         "encode",
         "fit",
+        "heads",
         "certify",
         "attack",
         "evaluate",
