@@ -336,3 +336,19 @@ def test_fit_term_is_zero_at_the_target_and_positive_off_it():
     for scale in (0.1, 2.0):  # collapsed or spread classes both cost
         squeezed = means[y] + scale * (z - means[y])
         assert float(gm_loss(squeezed, y, means, weights)["fit"]) > 0.1
+
+
+def test_centre_term_is_the_mean_squared_distance_to_the_class_mean():
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    y = torch.tensor([0, 0, 1])
+    means = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    off = ObjectiveWeights(target_std=0.5, margin=1.0)
+    assert "centre" not in gm_loss(z, y, means, off)
+    on = ObjectiveWeights(target_std=0.5, margin=1.0, centre=2.0)
+    terms = gm_loss(z, y, means, on)
+    assert float(terms["centre"]) == pytest.approx((1 + 4 + 1) / 3 / 0.25)
+    extra = float(terms["total"]) - float(gm_loss(z, y, means, off)["total"])
+    assert extra == pytest.approx(2.0 * float(terms["centre"]))
+    # Only a set centre weight enters the cache key: keys of earlier weights stay valid.
+    assert "centre_weight" not in LipschitzEncoder(**TINY).options
+    assert LipschitzEncoder(**TINY, centre_weight=0.1).options["centre_weight"] == 0.1

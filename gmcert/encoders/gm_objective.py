@@ -22,6 +22,8 @@ the batch:
   radius to ``margin``.
 - ``likelihood``: cross-entropy of Q's posterior, log-softmax_k(-|z - mu_k|^2 / (2 s^2)): the
   mixture's own classification loss.
+- ``centre`` (off by default): mean |z - mu_k|^2 / s^2, a plain pull of every point to its
+  class mean (the moment-matching ``fit`` term without the log det that keeps classes spread).
 
 Priors are left out of the rule: the datasets this serves are near balanced, and the head's
 empirical priors shift each bisector by s^2 log(pi_k / pi_j) / |mu_k - mu_j|, small at the
@@ -46,14 +48,17 @@ class ObjectiveWeights:
     fit: float = 1.0
     margin_weight: float = 1.0
     likelihood: float = 0.0
+    centre: float = 0.0
 
     def __post_init__(self):
         if not self.target_std > 0:
             raise ValueError(f"target_std must be > 0, got {self.target_std}")
         if not self.margin > 0:
             raise ValueError(f"margin must be > 0, got {self.margin}")
-        if min(self.fit, self.margin_weight, self.likelihood) < 0:
-            raise ValueError("objective weights (fit, margin_weight, likelihood) must be >= 0")
+        if min(self.fit, self.margin_weight, self.likelihood, self.centre) < 0:
+            raise ValueError(
+                "objective weights (fit, margin_weight, likelihood, centre) must be >= 0"
+            )
 
 
 def bisector_radius(z: Tensor, labels: Tensor, means: Tensor) -> Tensor:
@@ -105,8 +110,13 @@ def gm_loss(z: Tensor, labels: Tensor, means: Tensor, weights: ObjectiveWeights)
     if weights.likelihood:
         logits = -(z[:, None, :] - means[None]).square().sum(-1) / (2 * weights.target_std**2)
         terms["likelihood"] = F.cross_entropy(logits, labels)
+    if weights.centre:
+        pull = (z - means[labels]).square().sum(-1).mean() / weights.target_std**2
+        terms["centre"] = pull
     total = weights.fit * terms["fit"] + weights.margin_weight * terms["margin"]
     if weights.likelihood:
         total = total + weights.likelihood * terms["likelihood"]
+    if weights.centre:
+        total = total + weights.centre * terms["centre"]
     terms["total"] = total
     return terms

@@ -59,7 +59,7 @@ class LipschitzEncoder(nn.Module):
 
     Objective (see :mod:`~gmcert.encoders.gm_objective`): ``target_std`` s of every class's
     latent coordinates, the hinge's target radius ``margin`` (latent = input l2 units), and the
-    weights of the Gaussian-fit, margin and likelihood terms. Training: ``epochs``,
+    weights of the Gaussian-fit, margin, likelihood and centre terms. Training: ``epochs``,
     ``train_batch_size`` (named apart from the encode stage's extraction ``batch_size``),
     ``lr`` (Adam, cosine decay), ``seed``. ``cache_dir``: where trained weights
     are kept (None: always train); ``force``: retrain even when cached.
@@ -84,6 +84,7 @@ class LipschitzEncoder(nn.Module):
         fit_weight: float = 0.03,
         margin_weight: float = 1.0,
         likelihood_weight: float = 0.1,
+        centre_weight: float = 0.0,
         epochs: int = 150,
         train_batch_size: int = 256,
         lr: float = 0.01,
@@ -117,6 +118,7 @@ class LipschitzEncoder(nn.Module):
             fit=float(fit_weight),
             margin_weight=float(margin_weight),
             likelihood=float(likelihood_weight),
+            centre=float(centre_weight),
         )
         self.training_options = TrainingOptions(
             epochs=_positive_int("epochs", epochs),
@@ -140,8 +142,11 @@ class LipschitzEncoder(nn.Module):
             "lr": float(lr),
             "seed": int(seed),
         }
-        if architecture == "conv":  # (absent for the MLP, whose cache keys predate it)
+        # Options added later enter the cache key only when set, so older keys stay valid.
+        if architecture == "conv":
             self.options.update(architecture="conv", channels=channels)
+        if centre_weight:
+            self.options["centre_weight"] = float(centre_weight)
         self.seed = int(seed)
         self.cache_dir, self.force = cache_dir, force
         self.network: nn.Sequential | None = None
