@@ -86,10 +86,14 @@ def heldout_certified_accuracy(
     fit_idx, val_idx = train_test_split(
         np.arange(len(y)), test_size=holdout_fraction, stratify=y, random_state=seed
     )
+    Z_fit, y_fit = Z[fit_idx], y[fit_idx]
+    # The grid's parameter leaves the class moments alone: computed once, not per value.
+    moments = clone(mixture).class_moments(Z_fit, y_fit)
     scores = []
     for value in tqdm(grid, desc=f"choose {param}", leave=False):
         try:
-            candidate = clone(mixture).set_params(**{param: value}).fit(Z[fit_idx], y[fit_idx])
+            candidate = clone(mixture).set_params(**{param: value})
+            candidate.fit(Z_fit, y_fit, moments=moments)
         except ValueError as err:  # e.g. no shrinkage with fewer points than dimensions
             log.info("%s = %g cannot be fitted here (%s)", param, value, err)
             scores.append(np.nan)

@@ -103,7 +103,10 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y):
+    def fit(self, X, y, *, moments=None):
+        """Fit Q to (X, y). ``moments``: :meth:`class_moments` of the same X and y, passed when
+        one data set is fitted under many settings that leave the moments alone (shrinkage,
+        tau, priors), so that they are computed once."""
         self._check_params()
         # float32 and float64 pass through uncopied (a memory map stays on disk); the
         # moments are accumulated in float64 chunk by chunk.
@@ -122,10 +125,9 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
                 f"covariance='lowrank' needs rank < n_features = {d}, got rank={self.rank}; "
                 "use covariance='full' for a full-rank covariance per class"
             )
-        scatter = {"shared": "pooled", "isotropic": "pooled", "diag": "diag"}.get(
-            self.covariance, "per_class"
-        )
-        m = class_moments(X, y_codes, num_classes, scatter=scatter, chunk_size=self.chunk_size)
+        m = moments if moments is not None else self._moments(X, y_codes, num_classes)
+        if len(m.counts) != num_classes or m.means.shape[1] != d:
+            raise ValueError("moments were computed for other data than fit(X, y) was given")
         self._check_class_sizes(m.counts, d)
         self.priors_ = self._resolve_priors(m.counts)
         self.means_ = m.means
@@ -133,6 +135,18 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         getattr(self, f"_fit_{self.covariance}")(m, n, d)
         self._finalise()
         return self
+
+    def class_moments(self, X, y):
+        """The float64 class moments :meth:`fit` needs for this covariance family."""
+        X = validate_data(self, X, dtype=[np.float64, np.float32], copy=False, reset=False)
+        classes, y_codes = np.unique(y, return_inverse=True)
+        return self._moments(X, y_codes, len(classes))
+
+    def _moments(self, X, y_codes, num_classes):
+        scatter = {"shared": "pooled", "isotropic": "pooled", "diag": "diag"}.get(
+            self.covariance, "per_class"
+        )
+        return class_moments(X, y_codes, num_classes, scatter=scatter, chunk_size=self.chunk_size)
 
     def _check_params(self):
         if self.covariance not in COVARIANCE_FAMILIES:
