@@ -97,6 +97,23 @@ def linear_radius(M, c, Z, *, norm: str = "l2") -> np.ndarray:
     return ratios.min(1)
 
 
+def largest_stretch(encoder, x, *, noise: float, steps: int = 100) -> float:
+    """The largest ||f(b) - f(a)|| / ||b - a|| found by gradient ascent on b, from a = x (float64)
+    and b = a plus Gaussian noise of std ``noise``: an attack on an encoder's Lipschitz bound."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.as_tensor(x, dtype=torch.float64)
+    b = (a + noise * torch.randn(a.shape, generator=gen, dtype=torch.float64)).requires_grad_()
+    optimiser = torch.optim.Adam([b], lr=0.01)
+    best = 0.0
+    for _ in range(steps):
+        ratio = (encoder(b) - encoder(a)).norm(dim=1) / (b - a).flatten(1).norm(dim=1)
+        best = max(best, float(ratio.detach().max()))
+        optimiser.zero_grad()
+        (-ratio.sum()).backward()
+        optimiser.step()
+    return best
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -32,19 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from gmcert.encoders.lipschitz_training import seeded
+from gmcert.encoders.lipschitz_training import positive_int, seeded
 from gmcert.encoders.spectral import spectral_lipschitz
-from gmcert.encoders.weight_cache import load_weights, store_weights, weights_key
+from gmcert.encoders.weight_cache import load_cached, store_weights, weights_key
 
 log = logging.getLogger(__name__)
 
 CACHE_STAGE = "cnn"
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"encoder.{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def build_network(
@@ -90,12 +84,12 @@ class TrainedCNNEncoder(nn.Module):
         if not channels:
             raise ValueError("encoder.channels needs at least one conv block, e.g. [32, 64]")
         for width in channels:
-            _positive_int("channels", width)
+            positive_int("channels", width)
         self.options = {
             "channels": list(channels),
-            "latent_dim": _positive_int("latent_dim", latent_dim),
-            "epochs": _positive_int("epochs", epochs),
-            "train_batch_size": _positive_int("train_batch_size", train_batch_size),
+            "latent_dim": positive_int("latent_dim", latent_dim),
+            "epochs": positive_int("epochs", epochs),
+            "train_batch_size": positive_int("train_batch_size", train_batch_size),
             "lr": float(lr),
             "seed": int(seed),
         }
@@ -140,17 +134,7 @@ class TrainedCNNEncoder(nn.Module):
         o = self.options
         with seeded(o["seed"]):
             network = build_network(shape, tuple(o["channels"]), o["latent_dim"])
-        state = None
-        if self.cache_dir is not None and not self.force:
-            state = load_weights(self.cache_dir, CACHE_STAGE, key)
-        if state is not None:
-            try:
-                network.load_state_dict(state)
-                log.info("cnn encoder: weights from the cache (%s)", key)
-            except RuntimeError as err:  # a version bump was forgotten: train afresh
-                log.warning("cached weights do not fit this network (%s); retraining", err)
-                state = None
-        if state is None:
+        if not load_cached(network, self.cache_dir, CACHE_STAGE, key, force=self.force):
             self._train(network, x, y)
             if self.cache_dir is not None:
                 material = {"options": o, "n_train": len(x), "input_shape": list(shape)}

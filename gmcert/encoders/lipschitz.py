@@ -37,19 +37,18 @@ from gmcert.encoders.lipschitz_layers import (
     normalized_conv,
     orthogonal_linear,
 )
-from gmcert.encoders.lipschitz_training import TrainingOptions, seeded, train_network
+from gmcert.encoders.lipschitz_training import (
+    TrainingOptions,
+    positive_int,
+    seeded,
+    train_network,
+)
 from gmcert.encoders.spectral import spectral_lipschitz
-from gmcert.encoders.weight_cache import load_weights, store_weights, weights_key
+from gmcert.encoders.weight_cache import load_cached, store_weights, weights_key
 
 log = logging.getLogger(__name__)
 
 CACHE_STAGE = "lipschitz"
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"encoder.{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 class LipschitzEncoder(nn.Module):
@@ -98,15 +97,15 @@ class LipschitzEncoder(nn.Module):
         super().__init__()
         if architecture not in ("mlp", "conv"):
             raise ValueError(f"encoder.architecture must be mlp or conv, got {architecture!r}")
-        channels = [int(_positive_int("channels", c)) for c in channels]
+        channels = [positive_int("channels", c) for c in channels]
         if architecture == "conv" and (not channels or any(c % group_size for c in channels)):
             raise ValueError(
                 f"encoder.channels must be a non-empty list of multiples of encoder.group_size "
                 f"({group_size}) for architecture=conv, got {channels}"
             )
         for key, value in (("latent_dim", latent_dim), ("width", width), ("depth", depth)):
-            _positive_int(key, value)
-        _positive_int("group_size", group_size)
+            positive_int(key, value)
+        positive_int("group_size", group_size)
         if group_size < 2 or width % group_size:
             raise ValueError(
                 f"encoder.width must be a multiple of encoder.group_size >= 2 (GroupSort sorts "
@@ -121,8 +120,8 @@ class LipschitzEncoder(nn.Module):
             centre=float(centre_weight),
         )
         self.training_options = TrainingOptions(
-            epochs=_positive_int("epochs", epochs),
-            batch_size=_positive_int("train_batch_size", train_batch_size),
+            epochs=positive_int("epochs", epochs),
+            batch_size=positive_int("train_batch_size", train_batch_size),
             lr=float(lr),
             progress=progress,
         )
@@ -212,22 +211,13 @@ class LipschitzEncoder(nn.Module):
             raise ValueError(f"{len(x)} train inputs but {len(y)} labels")
         key = weights_key(x.numpy(), y.numpy(), self.options)
         self.weights_source = f"trained:{key}"
-        state = None
-        if self.cache_dir is not None and not self.force:
-            state = load_weights(self.cache_dir, CACHE_STAGE, key)
-        if state is not None:
-            # Seeded only so that the layers' throwaway initialisation leaves the caller's
-            # random state alone; the cached weights replace it.
-            with seeded(self.seed):
-                network = self._build(x.mean(0), trainable=False)
-            try:
-                network.load_state_dict(state)
-                log.info("lipschitz encoder: weights from the cache (%s)", key)
-                self.training_seconds = None
-            except RuntimeError as err:  # a version bump was forgotten: train afresh
-                log.warning("cached weights do not fit this network (%s); retraining", err)
-                state = None
-        if state is None:
+        # Seeded only so that the layers' throwaway initialisation leaves the caller's random
+        # state alone; the cached weights replace it.
+        with seeded(self.seed):
+            network = self._build(x.mean(0), trainable=False)
+        if load_cached(network, self.cache_dir, CACHE_STAGE, key, force=self.force):
+            self.training_seconds = None
+        else:
             network = self._train(x, y)
             if self.cache_dir is not None:
                 material = {

@@ -21,6 +21,14 @@ from tqdm.auto import tqdm
 from gmcert.encoders.gm_objective import ObjectiveWeights, gm_loss
 
 
+def positive_int(name: str, value) -> int:
+    """``value`` when it is an integer >= 1 (not a bool), else a ValueError naming
+    ``encoder.<name>``: the check every trained encoder's size options share."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"encoder.{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class TrainingOptions:
     epochs: int

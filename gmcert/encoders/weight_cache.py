@@ -68,6 +68,23 @@ def load_weights(cache_dir, stage: str, key: str) -> dict[str, torch.Tensor] | N
         return None
 
 
+def load_cached(network: torch.nn.Module, cache_dir, stage: str, key: str, *, force: bool) -> bool:
+    """Load the weights cached under ``key`` into ``network``; False (train it) when there is
+    no cache, ``force`` is set, the entry is unusable, or its weights do not fit the network."""
+    if cache_dir is None or force:
+        return False
+    state = load_weights(cache_dir, stage, key)
+    if state is None:
+        return False
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:  # a version bump was forgotten: train afresh
+        log.warning("cached weights do not fit this network (%s); retraining", err)
+        return False
+    log.info("%s encoder: weights from the cache (%s)", stage, key)
+    return True
+
+
 def store_weights(
     cache_dir, stage: str, key: str, state: dict[str, torch.Tensor], material: dict
 ) -> Path | None:
