@@ -141,3 +141,28 @@ def test_pipeline_certifies_input_radii_through_the_bound(make_cfg, tmp_path):
     assert (preds["radius_input"] > 0).mean() > 0.5
     table = pd.read_csv(f"{cfg.paths.output_dir}/certified_accuracy.csv")
     assert (table["space"] == "input").all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l1"])
+def test_pipeline_certificates_survive_the_attack_in_linf_and_l1(make_cfg, tmp_path, norm):
+    write_idx(tmp_path / "idx")
+    cfg = make_cfg(
+        "dataset=fashion_mnist",
+        f"dataset.root={tmp_path / 'idx'}",
+        "dataset.fallback_roots=[]",
+        "encoder=cnn",
+        "encoder.channels=[4,8]",
+        "encoder.latent_dim=16",
+        "encoder.epochs=2",
+        "certify=closed_form",
+        f"certify.norm={norm}",
+        "attack.steps=20",
+        "attack.restarts=1",
+        "divergence.enabled=false",
+        "certify.population_samples=0",
+    )
+    metrics = run(cfg)
+    assert metrics["attack"]["unsound_points"] == 0
+    assert metrics["attack"]["found"] > 0
+    preds = pd.read_csv(f"{cfg.paths.output_dir}/predictions.csv")
+    assert (preds["radius_input"] > 0).mean() > 0.5
