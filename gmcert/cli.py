@@ -27,7 +27,6 @@ register_configs()
 def run_job(cfg: DictConfig) -> dict | None:
     """Run one job. In a sweep a failing job logs its error and folder, and the sweep goes on."""
     from gmcert.attack.stage import UnsoundCertificate
-    from gmcert.io import write_json, write_run_config
     from gmcert.pipeline import run
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -35,15 +34,13 @@ def run_job(cfg: DictConfig) -> dict | None:
     try:
         metrics = run(cfg)
     except Exception as err:
+        record_failure(out_dir, cfg, err, multirun=multirun)
         if multirun and cfg.continue_on_error:
             if isinstance(err, USER_ERRORS):  # one line; the traceback only at debug level
                 log.error("job failed: %s; the sweep goes on. Folder: %s", err, out_dir)
                 log.debug("user error", exc_info=True)
             else:
                 log.exception("job failed; the sweep goes on. Folder: %s", out_dir)
-            write_json(out_dir / "failed.json", {"error": f"{type(err).__name__}: {err}"})
-            if not (out_dir / ".hydra" / "config.yaml").exists():  # never relabel old results
-                write_run_config(out_dir, cfg)
             return None
         if isinstance(err, UnsoundCertificate):
             print(f"gmcert: {err}", file=sys.stderr)
@@ -59,6 +56,7 @@ def run_job(cfg: DictConfig) -> dict | None:
         raise
     from gmcert.report.table import format_table, read_table
 
+    (out_dir / "failed.json").unlink(missing_ok=True)  # an earlier attempt's failure is over
     print(f"\n{format_table(read_table(out_dir))}\n")
     print(f"radii: {metrics['radius_units']}")
     print(f"interval: one-sided Clopper-Pearson bounds, each at level {cfg.certify.ci_alpha}")
@@ -86,6 +84,25 @@ def run_job(cfg: DictConfig) -> dict | None:
         )
     print(f"wrote {out_dir}")
     return metrics
+
+
+def record_failure(out_dir: Path, cfg: DictConfig, err: Exception, *, multirun: bool) -> None:
+    """``failed.json`` with the error, in a sweep job's folder and a single run's alike, so that
+    ``gmcert-report`` can say why the folder holds no results. A single run never marks a folder
+    that already holds complete results (a refused rerun into it) or that another run holds."""
+    from gmcert.io import lock_run_folder, write_json, write_run_config
+
+    try:
+        results = (out_dir / "certified_accuracy.csv", out_dir / "metrics.json")
+        if not multirun:
+            if all(path.exists() for path in results):
+                return
+            lock_run_folder(out_dir).close()  # ValueError while another run works in it
+        write_json(out_dir / "failed.json", {"error": f"{type(err).__name__}: {err}"})
+        if not (out_dir / ".hydra" / "config.yaml").exists():  # never relabel old results
+            write_run_config(out_dir, cfg)
+    except Exception:  # a full disk, a bad or busy folder: the error itself is still reported
+        log.debug("could not record the failure in %s", out_dir, exc_info=True)
 
 
 _FILE_ERROR_FIXES = {

@@ -1,0 +1,184 @@
+"""Hostile inputs, round 3: damaged run folders under gmcert-report, failed single runs, weight
+paths that are folders, data in other units, and the IDX / image-folder / npz loaders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gmcert.report.sweep import report, report_cli
+
+# ---------------------------------------------------------------------------------------------
+# gmcert-report over damaged folders
+
+
+def _complete_run(folder: Path, *, accuracy: float = 0.9, eps: bool = False) -> Path:
+    """A run folder as a finished run leaves it (the files the report reads), written by hand."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- mixture.shrinkage={accuracy}\n")
+    (folder / ".hydra" / "config.yaml").write_text("certify:\n  ci_alpha: 0.05\n")
+    (folder / "run_fingerprint.txt").write_text(f"fingerprint-{folder.name}\n")
+    table = pd.DataFrame(
+        {
+            "method": ["closed_form"] * 2,
+            "norm": ["l2"] * 2,
+            "space": ["input"] * 2,
+            "radius": [0.0, 0.5],
+            "certified_accuracy": [accuracy, accuracy / 2],
+            "ci_low": [accuracy - 0.1, accuracy / 2 - 0.1],
+            "ci_high": [1.0, accuracy / 2 + 0.1],
+            "n": [10, 10],
+        }
+    )
+    table.to_csv(folder / "certified_accuracy.csv", index=False)
+    metrics = {"certified_indices": [0, 10]}
+    if eps:
+        metrics["divergence"] = {"eps_used": 0.5, "eps_source": "knn", "estimates": {"joint": {}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "predictions.csv").write_text(
+        "method,index,label,predict,radius_latent,radius_input,correct,seconds\n"
+        + "".join(f"closed_form,{i},0,0,0.5,0.5,True,0.0\n" for i in range(10))
+    )
+    return folder
+
+
+DAMAGE = {
+    "metrics_json": ("metrics.json", "{'certified_indices': [0, 10]}", "not valid JSON"),
+    "metrics_list": ("metrics.json", "[1, 2]", "holds a list"),
+    "metrics_indices": ("metrics.json", '{"certified_indices": "all"}', "certified_indices"),
+    "metrics_empty": ("metrics.json", "", "not valid JSON"),
+    "table_columns": ("certified_accuracy.csv", "a,b\n1,2\n", "lacks the column"),
+    "table_text": (
+        "certified_accuracy.csv",
+        "method,norm,space,radius,certified_accuracy,ci_low,ci_high\ncf,l2,input,x,y,z,w\n",
+        "hold text",
+    ),
+    "table_empty": ("certified_accuracy.csv", "", "not a readable CSV"),
+    "config_yaml": (".hydra/config.yaml", "certify: [unclosed\n", "not valid YAML"),
+    "config_scalar": (".hydra/config.yaml", "just a string\n", "holds a str"),
+    "overrides_yaml": (".hydra/overrides.yaml", "{a: 1}\n", "not a list"),
+    "fingerprint_binary": ("run_fingerprint.txt", b"\xff\xfe\x00", "cannot be read"),
+    "eps_section": (
+        "metrics.json",
+        '{"certified_indices": [0, 10], "divergence": {"eps_used": 1}}',
+        "divergence section is malformed",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_report_lists_a_damaged_folder_and_reports_the_others(tmp_path, case, capsys):
+    name, content, why = DAMAGE[case]
+    sweep = tmp_path / "sweep"
+    _complete_run(sweep / "0", accuracy=0.9)
+    _complete_run(sweep / "1", accuracy=0.8)
+    target = sweep / "1" / name
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content)
+    status = report_cli([str(sweep), "--out", str(tmp_path / "report")])
+    out = capsys.readouterr().out
+    assert status == 1  # non-zero at the end ...
+    assert f"skipped (damaged): {sweep / '1'}: {Path(name).name}: " in out and why in out
+    assert "wrote " in out  # ... after the healthy job was reported
+    combined = pd.read_csv(tmp_path / "report" / "combined.csv")
+    assert combined["run"].unique().tolist() == ["mixture.shrinkage=0.9"]
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert runs.set_index("folder").loc[str(sweep / "1"), "status"] == "damaged"
+
+
+def test_report_healthy_sweep_exits_zero(tmp_path, capsys):
+    _complete_run(tmp_path / "sweep" / "0", eps=True)
+    assert report_cli([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "eps.csv").exists()
+
+
+def test_damaged_part_of_a_split_run_spoils_only_its_merge(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for shard, (first, stop) in enumerate([(0, 10), (10, 20)]):
+        folder = _complete_run(sweep / str(shard))
+        (folder / "run_fingerprint.txt").write_text("one-config\n")
+        (folder / "metrics.json").write_text(json.dumps({"certified_indices": [first, stop]}))
+    (sweep / "1" / "predictions.csv").write_text("garbage\n")
+    _complete_run(tmp_path / "other", accuracy=0.7)
+    result = report([sweep, tmp_path / "other"], tmp_path / "report")
+    statuses = {r.path.name: r.status for r in result["runs"]}
+    assert statuses == {"0": "damaged", "1": "damaged", "other": "complete"}
+    assert "predictions.csv: lacks the column" in next(r.reason for r in result["runs"])
+
+
+def test_damaged_unsound_record_still_marks_the_run_unsound(tmp_path):
+    folder = _complete_run(tmp_path / "run")
+    (folder / "unsound.json").write_text("[{truncated")
+    (run,) = report([folder], tmp_path / "report")["runs"]
+    assert run.status == "unsound" and "damaged" in run.reason
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ('{"error": "ValueError: boom"}', "ValueError: boom"),
+        ("{not json", "failed.json is damaged"),
+        ('{"error": ""}', "records no error"),
+        ('["ValueError"]', "records no error"),
+    ],
+)
+def test_failed_record_gives_its_error_or_says_what_is_wrong(tmp_path, content, reason, capsys):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "failed.json").write_text(content)
+    assert report_cli([str(tmp_path / "job"), "--out", str(tmp_path / "report")]) == 1
+    out = capsys.readouterr().out
+    assert f"skipped (failed): {tmp_path / 'job'}: " in out and reason in out
+
+
+def test_report_on_a_folder_without_runs_says_so(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert report_cli([str(tmp_path / "empty"), "--out", str(tmp_path / "report")]) == 1
+    assert "no run folders under" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_failed_single_run_records_its_error_for_the_report(tmp_path):
+    """A single run (not a sweep) that fails writes failed.json too: the report gives its error
+    (before, the folder held only an empty run.log and the report said nothing about it)."""
+    run_dir = tmp_path / "single"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gmcert.cli",
+            "mixture.shrinkage=2.0",
+            f"hydra.run.dir={run_dir}",
+            f"paths.cache_dir={tmp_path}/cache",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (run,) = report([run_dir], tmp_path / "report")["runs"]
+    assert run.status == "failed" and "mixture.shrinkage must be one of" in run.reason
+    assert run.name == "mixture.shrinkage=2.0"  # the config is recorded, so the run is named
+
+
+def test_record_failure_keeps_a_complete_folder_unmarked(tmp_path):
+    from omegaconf import OmegaConf
+
+    from gmcert.cli import record_failure
+
+    cfg = OmegaConf.create({"x": 1})
+    folder = _complete_run(tmp_path / "done")
+    record_failure(folder, cfg, ValueError("refused"), multirun=False)
+    assert not (folder / "failed.json").exists()
+    (tmp_path / "new").mkdir()
+    record_failure(tmp_path / "new", cfg, ValueError("boom"), multirun=False)
+    assert json.loads((tmp_path / "new" / "failed.json").read_text()) == {
+        "error": "ValueError: boom"
+    }
