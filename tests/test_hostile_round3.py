@@ -4,6 +4,7 @@ paths that are folders, data in other units, and the IDX / image-folder / npz lo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,66 @@ def test_record_failure_keeps_a_complete_folder_unmarked(tmp_path):
     assert json.loads((tmp_path / "new" / "failed.json").read_text()) == {
         "error": "ValueError: boom"
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight paths that are folders (or links to nothing, or pipes)
+
+
+def _weight_targets(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "weights_dir"
+    folder.mkdir()
+    (folder / "model.pth").write_bytes(b"")
+    link = tmp_path / "dangling.pth"
+    link.symlink_to(tmp_path / "gone.pth")
+    pipe = tmp_path / "pipe.pth"
+    os.mkfifo(pipe)
+    return {"folder": folder, "link": link, "pipe": pipe}
+
+
+WEIGHT_PATH_MESSAGES = {
+    "folder": r"is a folder, but a weight file .* is expected; it holds model.pth",
+    "link": r"is a link to .*gone.pth, which does not exist",
+    "pipe": r"is not a regular file",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WEIGHT_PATH_MESSAGES))
+def test_encoder_weights_that_are_not_files_say_what_they_are(tmp_path, kind):
+    from torchvision import models
+
+    from gmcert.encoders.weights import read_state_dict, resolve_torchvision_weights
+
+    path = _weight_targets(tmp_path)[kind]
+    message = WEIGHT_PATH_MESSAGES[kind]
+    with pytest.raises(ValueError, match=f"encoder.weights={path} {message}"):
+        read_state_dict(path)
+    # The run's preflight check (before any work) says the same, not "does not exist" later.
+    with pytest.raises(ValueError, match=message):
+        resolve_torchvision_weights("resnet18", str(path), models.ResNet18_Weights)
+
+
+@pytest.mark.parametrize("kind", sorted(WEIGHT_PATH_MESSAGES))
+def test_denoiser_weights_that_are_not_files_say_what_they_are(tmp_path, kind):
+    from gmcert.denoisers.weights import read_weight_file
+
+    path = _weight_targets(tmp_path)[kind]
+    with pytest.raises(
+        ValueError, match=f"denoiser.weights={path} .*" + WEIGHT_PATH_MESSAGES[kind]
+    ):
+        read_weight_file(path)
+
+
+def test_hub_encoder_weights_folder_says_what_it_is(tmp_path):
+    from gmcert.encoders.hub_models import _library_weights
+
+    folder = _weight_targets(tmp_path)["folder"]
+    with pytest.raises(ValueError, match="is a folder, but a weight file"):
+        _library_weights("clip", str(folder), False, "open_clip_pytorch_model.bin")
+
+
+def test_missing_weight_file_is_still_not_found(tmp_path):
+    from gmcert.encoders.weights import read_state_dict
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_state_dict(tmp_path / "absent.pth")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gmcert.encoders.weights import state_dict_mismatch
+from gmcert.encoders.weights import not_a_weight_file, state_dict_mismatch
 
 __all__ = [
     "DIFFUSERS_MISSING",
@@ -69,8 +69,12 @@ def read_weight_file(path: str | Path) -> dict[str, Tensor]:
     anything but tensors (pickled code included).
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"denoiser weight file {path} does not exist")
+    problem = not_a_weight_file(
+        path, "denoiser.weights", "a weight file (.safetensors, or a state dict saved by torch)"
+    )
+    if problem:
+        error = FileNotFoundError if not path.exists() and not path.is_symlink() else ValueError
+        raise error(problem)
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -150,7 +154,8 @@ def load_unet_folder(weights: str | Path) -> tuple[nn.Module, dict | None]:
         unet_dir, scheduler_dir = folder / "unet", folder / "scheduler"
     config_file = unet_dir / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"denoiser.weights={path}: {config_file} is missing. {FOLDER_HINT}")
+        what = "is not a file" if config_file.exists() else "is missing"
+        raise FileNotFoundError(f"denoiser.weights={path}: {config_file} {what}. {FOLDER_HINT}")
     if weight_file is None:
         weight_file = next((unet_dir / n for n in WEIGHT_NAMES if (unet_dir / n).is_file()), None)
         if weight_file is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gmcert.encoders.weights import is_random, warn_random
+from gmcert.encoders.weights import is_random, not_a_weight_file, warn_random
 from gmcert.encoders.wrapper import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -59,10 +59,12 @@ def _library_weights(
             )
         return "hub", None
     path = Path(weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{name}: weight file {path} does not exist; set encoder.weights to an existing "
-            f"file ({hint}), 'default' with encoder.allow_download=true, or 'random'"
+    problem = not_a_weight_file(path, "encoder.weights", f"a weight file ({hint})")
+    if problem:
+        error = FileNotFoundError if not path.exists() and not path.is_symlink() else ValueError
+        raise error(
+            f"{name}: {problem}. Fix: set encoder.weights to an existing file, 'default' with "
+            "encoder.allow_download=true, or 'random'"
         )
     return "file", str(path)
 

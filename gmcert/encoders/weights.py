@@ -19,6 +19,34 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 _RANDOM_NAMES = ("random", "none", "null", "")
+# What a folder passed as a weight file may hold instead: the files to point at.
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+def not_a_weight_file(path: Path, option: str, expected: str) -> str | None:
+    """None when ``path`` is a regular file; else one line saying what it is instead (a
+    folder, with the weight files in it; a dangling link; a pipe or device; nothing), what
+    ``option`` expects, and how to fix it."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)[:5]
+        hint = f"; it holds {', '.join(inside)}: point {option} at one of them" if inside else ""
+        return f"{option}={path} is a folder, but {expected} is expected{hint}"
+    if path.is_symlink():
+        return (
+            f"{option}={path} is a link to {path.readlink()}, which does not exist; "
+            f"{expected} is expected"
+        )
+    if path.exists():
+        return (
+            f"{option}={path} is not a regular file (a pipe, socket or device); "
+            f"{expected} is expected"
+        )
+    return f"{option}={path} does not exist; {expected} is expected"
+
+
+STATE_DICT_FILE = "a weight file (a state dict saved with torch.save(model.state_dict(), 'x.pth'))"
 
 
 def is_random(weights: str | Path | None) -> bool:
@@ -45,10 +73,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         ValueError: the file is not a tensor state dict loadable with weights_only=True.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"weight file {p} does not exist; set encoder.weights=/path/to/file.pth to an "
-            "existing state-dict file, 'default' for torchvision's cached weights, or 'random'"
+    problem = not_a_weight_file(p, "encoder.weights", STATE_DICT_FILE)
+    if problem:
+        error = FileNotFoundError if not p.exists() and not p.is_symlink() else ValueError
+        raise error(
+            f"{problem}. Fix: set encoder.weights=/path/to/file.pth to an existing state-dict "
+            "file, 'default' for torchvision's cached weights, or 'random'"
         )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -185,12 +215,18 @@ def resolve_torchvision_weights(
             f"'default', one of {sorted(enum_cls.__members__)}, 'random', or a path "
             "(encoder.weights=/path/to/file.pth)"
         )
+    if path.exists() or path.is_symlink():  # a folder, pipe or dangling link: refused up front
+        problem = not_a_weight_file(path, "encoder.weights", STATE_DICT_FILE)
+        if problem:
+            raise ValueError(f"{name}: {problem}")
     return None, path
 
 
 __all__ = [
+    "STATE_DICT_FILE",
     "is_random",
     "load_backbone_weights",
+    "not_a_weight_file",
     "read_state_dict",
     "resolve_torchvision_weights",
     "torchvision_weights_path",
