@@ -82,6 +82,8 @@ def run_job(cfg: DictConfig) -> dict | None:
             + (f", from {divergence['from_estimator']}" if "from_estimator" in divergence else "")
             + f"); {divergence['verdict']}"
         )
+    for line in divergence.get("calibration_summary", []):
+        print(line)
     print(f"wrote {out_dir}")
     return metrics
 

@@ -251,6 +251,13 @@ class DivergenceConfig:
     alpha: float = 0.05
     max_per_class: int | None = 2000
     truth_samples: int = 200_000  # Monte Carlo draws for the true eps, where the data law is known
+    k: int = 1  # neighbour order of knn and the plug-in's entropy
+    q_ratio: int = 1  # Q draws per class point for knn and dv_logistic
+    dv_split: float = 0.5  # share of each class the DV discriminator is fitted on
+    dv_C_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])  # dv_logistic
+    # every estimator also run on this many samples of Q itself (true KL = 0), with the same
+    # class sizes: the null bias it subtracts (gmcert/eps/null.py); 0 turns it off
+    null_replicates: int = 5
 
 
 @dataclass
@@ -444,6 +451,19 @@ def _rules() -> list[tuple[str, object, str]]:
         ("divergence.alpha", _probability(), "a level in (0, 1), e.g. 0.05"),
         ("divergence.max_per_class", _optional(_number(2, integer=True)), "null or >= 2"),
         ("divergence.truth_samples", positive, "an integer >= 1"),
+        ("divergence.k", positive, "an integer >= 1 (neighbour order)"),
+        ("divergence.q_ratio", positive, "an integer >= 1"),
+        ("divergence.dv_split", _probability(), "a fraction in (0, 1), e.g. 0.5"),
+        (
+            "divergence.dv_C_grid",
+            _each(_number(0, open_low=True)),
+            "a non-empty list of numbers > 0",
+        ),
+        (
+            "divergence.null_replicates",
+            lambda v: _number(0, integer=True)(v) and v != 1,
+            "0 (off) or an integer >= 2 (one draw has no spread)",
+        ),
         ("attack.enabled", _one_of((True, False, "auto")), "true, false or auto"),
         ("attack.steps", positive, "an integer >= 1"),
         ("attack.restarts", count, "an integer >= 0"),

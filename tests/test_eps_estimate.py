@@ -169,6 +169,7 @@ def test_estimate_eps_report_layout_and_registry():
         "label_term",
         "per_class",
         "joint",
+        "null",
         "settings",
         "notes",
     }
@@ -182,6 +183,9 @@ def test_estimate_eps_report_layout_and_registry():
         "k": 2,
         "q_ratio": 2,
         "precision": "auto",
+        "dv_split": 0.5,
+        "C_grid": [0.01, 0.1, 1.0],
+        "null_replicates": 0,
         "max_per_class": None,
         "device": "cpu",
     }

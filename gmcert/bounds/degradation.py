@@ -118,6 +118,11 @@ class Sensitivity:
     curves: np.ndarray  # (len(eps_grid), len(rows))
     eps: float | None  # None when eps is infinite
     interval: tuple[float | None, float | None] | None
+    # The raw readings' eps and interval, marked beside the (null-corrected) eps the bound
+    # uses; None when the two are the same (no null calibration) or eps is infinite.
+    raw: float | None = None
+    raw_interval: tuple[float | None, float | None] | None = None
+    basis: str = "estimate"  # what ``eps`` is: "null-corrected", "raw" or "stated budget"
 
 
 @dataclass(frozen=True)
@@ -143,12 +148,15 @@ def degrade(
     law (synthetic data), also the true eps by Monte Carlo and each estimator's error.
     ``options``: the ``divergence`` config node."""
     result: dict = {}
-    eps_hat = eps_upper = interval = None
+    eps_hat = eps_upper = interval = raw = raw_interval = None
     if options.enabled:
         result.update(
             estimate_for_mixture(mixture, Z_test, y_test, options, seed=seed, device=device)
         )
         eps_hat, eps_upper = result["eps_hat"], result["eps_upper"]
+        if result["eps_basis"] == "null-corrected" and result["eps_raw"]["eps_hat"] is not None:
+            raw = result["eps_raw"]["eps_hat"]
+            raw_interval = (result["eps_raw"]["eps_ci_low"], result["eps_raw"]["eps_upper"])
         if eps_hat is not None:
             interval = (result["eps_ci_low"], eps_upper)
         else:
@@ -162,15 +170,27 @@ def degrade(
     if truth is not None:
         result["eps_true"] = true_kl(truth, mixture, samples=options.truth_samples, seed=seed + 1)
         if "estimates" in result:
+            truth_value = result["eps_true"]["estimate"]
             result["estimator_error"] = {
-                name: v["estimate"] - result["eps_true"]["estimate"]
+                name: v["estimate"] - truth_value
                 for name, v in result["estimates"]["joint"].items()
                 if v["estimate"] is not None
             }
+            null = result["estimates"].get("null")
+            if null:
+                result["corrected_error"] = {
+                    name: v["corrected"] - truth_value
+                    for name, v in null["joint"].items()
+                    if v["corrected"] is not None
+                }
         # 3 standard errors above the Monte Carlo estimate: the bound at the true eps, safely.
         eps_true = max(result["eps_true"]["estimate"] + 3 * result["eps_true"]["stderr"], 0.0)
     eps = options.eps if options.eps is not None else eps_hat
-    source = "stated budget" if options.eps is not None else "estimate"
+    basis = result.get("eps_basis", "raw")
+    if options.eps is not None:
+        source = "stated budget"
+    else:
+        source = "null-corrected estimate" if basis == "null-corrected" else "estimate"
     result.update(eps_used=eps, eps_source=source)
     add_bound_columns(
         table,
@@ -182,10 +202,16 @@ def degrade(
     verdict = judge(table, eps=eps, source=source)
     result.update(measured_above_bound=verdict.above, verdict=verdict.text)
     log.info(verdict.text)
-    finite = [e for e in (eps_upper, eps) if e is not None and math.isfinite(e)]
+    if options.eps is not None:  # a stated budget: the estimates are not what the bound uses
+        raw = raw_interval = None
+    marks = (eps_upper, eps, raw, raw_interval[1] if raw_interval else None)
+    finite = [e for e in marks if e is not None and math.isfinite(e)]
     grid = np.geomspace(1e-3, max([10.0, *(2 * e for e in finite)]), 200)
     rows = table[table["population_Q"].notna()]
     curves = sensitivity_curves(population.ci_low, grid)
     if not math.isfinite(eps):  # nothing to mark on a finite axis: only the curves
-        eps, interval = None, None
-    return Degradation(result, Sensitivity(rows, grid, curves, eps, interval))
+        eps, interval, raw, raw_interval = None, None, None, None
+    return Degradation(
+        result,
+        Sensitivity(rows, grid, curves, eps, interval, raw, raw_interval, basis=source),
+    )

@@ -23,6 +23,7 @@ import torch
 from gmcert.eps.bootstrap import bootstrap_replicates, check_boot, percentile_bounds
 from gmcert.eps.checks import as_matrix
 from gmcert.eps.neighbours import NeighbourSearch
+from gmcert.eps.null import corrected_interval, null_readings, resolution_line
 from gmcert.eps.per_class import ESTIMATORS, ClassContext
 from gmcert.eps.results import to_jsonable
 
@@ -60,6 +61,19 @@ class _Settings:
     k: int
     q_ratio: int
     precision: str
+    dv_split: float = 0.5
+    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0)
+    null_replicates: int = 0
+
+    def context(self) -> dict:
+        """The ClassContext settings every class (and every null draw) is estimated with."""
+        search = NeighbourSearch(k=self.k, device=self.device, precision=self.precision)
+        return {
+            "search": search,
+            "q_ratio": int(self.q_ratio),
+            "dv_split": float(self.dv_split),
+            "C_grid": tuple(float(c) for c in self.C_grid),
+        }
 
     def check(self) -> None:
         unknown = [e for e in self.estimators if e not in ESTIMATORS]
@@ -71,6 +85,14 @@ class _Settings:
             raise ValueError("max_per_class must be None or >= 2")
         if int(self.q_ratio) != self.q_ratio or self.q_ratio < 1:
             raise ValueError(f"q_ratio must be a positive integer, got {self.q_ratio}")
+        if not 0.0 < self.dv_split < 1.0:
+            raise ValueError(f"dv_split must be in (0, 1), got {self.dv_split}")
+        if len(self.C_grid) == 0 or any(not c > 0 for c in self.C_grid):
+            raise ValueError(f"C_grid must be a non-empty list of numbers > 0, got {self.C_grid}")
+        if int(self.null_replicates) != self.null_replicates or self.null_replicates < 0:
+            raise ValueError(f"null_replicates must be 0 or >= 2, got {self.null_replicates}")
+        if self.null_replicates == 1:
+            raise ValueError("null_replicates must be 0 (off) or >= 2: one draw has no spread")
         check_boot(self.n_boot, self.alpha)
 
     def report(self) -> dict:
@@ -82,6 +104,9 @@ class _Settings:
             "k": int(self.k),
             "q_ratio": int(self.q_ratio),
             "precision": self.precision,
+            "dv_split": float(self.dv_split),
+            "C_grid": [float(c) for c in self.C_grid],
+            "null_replicates": int(self.null_replicates),
             "max_per_class": self.max_per_class,
             "device": str(self.device),
         }
@@ -203,7 +228,7 @@ def _per_class(
         {e: np.full((s.n_boot, K), np.nan) for e in s.estimators},
     )
     sub_rng = np.random.default_rng([s.random_state, 0x5B])
-    search = NeighbourSearch(k=s.k, device=s.device, precision=s.precision)
+    context = s.context()
     for c in range(K):
         idx = np.flatnonzero(y == c)
         entry: dict[str, Any] = {"n": int(len(idx))}
@@ -217,9 +242,7 @@ def _per_class(
                 table.estimates[e][c] = 0.0  # weight P(y=c) = 0: contributes nothing
                 table.reps[e][:, c] = 0.0
             continue
-        ctx = ClassContext(
-            Z[idx], q.means[c], q.covs[c], search, int(s.q_ratio), (s.random_state, c)
-        )
+        ctx = ClassContext(Z[idx], q.means[c], q.covs[c], seed=(s.random_state, c), **context)
         for e in s.estimators:
             entry[e] = _run_estimator(e, ctx, c, table, s, notes)
         if len(idx) <= d:
@@ -249,6 +272,73 @@ def _joint(
                 "(reported unclipped)"
             )
     return joint
+
+
+def _null_calibration(
+    q: _Mixture,
+    p_hat: np.ndarray,
+    table: _ClassTable,
+    joint: dict[str, dict],
+    s: _Settings,
+    notes: list[str],
+) -> dict:
+    """Each estimator on ``s.null_replicates`` samples of Q with the run's per-class sizes
+    (:mod:`gmcert.eps.null`): its null mean and spread, per class and jointly, and the joint
+    reading corrected for the null bias with its interval."""
+    K = len(q.means)
+    sizes = [table.entries[str(c)]["n_used"] for c in range(K)]
+    readings = null_readings(
+        q.means,
+        q.covs,
+        sizes,
+        p_hat,
+        s.estimators,
+        replicates=s.null_replicates,
+        context=s.context(),
+        random_state=s.random_state,
+        min_size=s.k + 2,
+    )
+    per_estimator: dict[str, dict] = {}
+    for e in s.estimators:
+        for c in range(K):
+            column = readings[e][:, c]
+            entry = table.entries[str(c)][e]
+            if sizes[c] and np.all(np.isfinite(column)):
+                entry["null_mean"] = float(column.mean())
+                entry["null_std"] = float(column.std(ddof=1))
+        null_joint = readings[f"{e}:joint"]
+        raw = joint[e]
+        result: dict[str, Any] = {
+            "raw": raw["estimate"],
+            "raw_ci_low": raw["ci_low"],
+            "raw_ci_high": raw["ci_high"],
+            "null_readings": null_joint.tolist(),
+        }
+        if raw["estimate"] is None or not np.all(np.isfinite(null_joint)):
+            result.update(null_mean=None, null_std=None, corrected=None, ci_low=None, ci_high=None)
+            per_estimator[e] = result
+            continue
+        m0, s0 = float(null_joint.mean()), float(null_joint.std(ddof=1))
+        corrected = raw["estimate"] - m0
+        lo, hi = corrected_interval(raw["estimate"], raw["ci_low"], raw["ci_high"], s0, s.alpha)
+        line = resolution_line(e, corrected, s0)
+        result.update(
+            null_mean=m0,
+            null_std=s0,
+            corrected=corrected,
+            ci_low=corrected - lo,
+            ci_high=corrected + hi,
+            resolves=line is None,
+        )
+        if line:
+            notes.append(line)
+        per_estimator[e] = result
+    return {
+        "replicates": int(s.null_replicates),
+        "rule": "corrected = raw - null mean; interval half-widths: the raw bootstrap's and "
+        "z(1 - alpha/2) x null spread, added in quadrature",
+        "joint": per_estimator,
+    }
 
 
 def _closing_notes(table: _ClassTable, estimators: Sequence[str], d: int) -> list[str]:
@@ -288,6 +378,9 @@ def estimate_eps(
     k: int = 1,
     q_ratio: int = 1,
     precision: str = "auto",
+    dv_split: float = 0.5,
+    C_grid: Sequence[float] = (0.01, 0.1, 1.0),
+    null_replicates: int = 0,
 ) -> dict:
     """Estimate eps = KL(P || Q) for Q(z, y=k) = pi_k N(z; mu_k, Sigma_k), per class and jointly.
 
@@ -307,6 +400,10 @@ def estimate_eps(
         k: neighbour order for knn and Kozachenko-Leonenko.
         q_ratio: Q samples per P sample (m = q_ratio * n_k) for knn and DV fitting.
         precision: neighbour-search dtype, see :func:`kth_neighbour_distance`.
+        dv_split: share of each class's points the DV discriminators are fitted on.
+        C_grid: regularisation grid of the ``dv_logistic`` discriminator.
+        null_replicates: 0 (off) or the number (>= 2) of seeded samples of Q, with each
+            class's size, that every estimator is also run on (:mod:`gmcert.eps.null`).
 
     Returns a JSON-serialisable dict (plain floats, lists, None for undefined values)::
 
@@ -315,7 +412,12 @@ def estimate_eps(
          "per_class": {"<k>": {"n", "n_used", "<estimator>": {"estimate", "ci_low",
                                                               "ci_high", ...}}},
          "joint": {"<estimator>": {"estimate", "ci_low", "ci_high"}},
+         "null": None | {"replicates", "rule", "joint": {"<estimator>": {"raw", "raw_ci_low",
+                  "raw_ci_high", "null_readings", "null_mean", "null_std", "corrected",
+                  "ci_low", "ci_high", "resolves"}}},
          "settings": {...}, "notes": [str, ...]}
+
+    With ``null_replicates`` the per-class entries also carry ``null_mean`` and ``null_std``.
 
     ``joint = KL(P_y || pi) + sum_k P(y=k) KL_k`` with empirical P(y=k) (all N points). Its
     bootstrap resamples the class counts (multinomial) and, independently, each class's
@@ -326,7 +428,18 @@ def estimate_eps(
     """
     Z, y, q = _check_data(Z, y, means, covariances, priors)
     s = _Settings(
-        estimators, n_boot, alpha, random_state, device, max_per_class, k, q_ratio, precision
+        estimators,
+        n_boot,
+        alpha,
+        random_state,
+        device,
+        max_per_class,
+        k,
+        q_ratio,
+        precision,
+        dv_split=dv_split,
+        C_grid=tuple(C_grid),
+        null_replicates=null_replicates,
     )
     s.check()
     n, d = Z.shape
@@ -337,6 +450,7 @@ def estimate_eps(
     label = _label_term(counts, q.priors, s, notes)
     table = _per_class(Z, y, q, s, notes)
     joint = _joint(label, p_hat, table, s, notes)
+    null = _null_calibration(q, p_hat, table, joint, s, notes) if s.null_replicates else None
     notes.extend(_closing_notes(table, s.estimators, d))
     return to_jsonable(
         {
@@ -350,6 +464,7 @@ def estimate_eps(
             ),
             "per_class": table.entries,
             "joint": joint,
+            "null": null,
             "settings": s.report(),
             "notes": notes,
         }

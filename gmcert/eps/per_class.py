@@ -34,6 +34,8 @@ class ClassContext:
     search: NeighbourSearch
     q_ratio: int
     seed: tuple[int, ...]
+    dv_split: float = 0.5  # share of the class's points the DV discriminator is fitted on
+    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0)  # dv_logistic's regularisation grid
     rho: Neighbours | None = None
     chol: np.ndarray | None = None
 
@@ -75,10 +77,10 @@ def _class_dv_with(discriminator: str) -> Callable[[ClassContext], TermEstimate]
             ctx.mean,
             ctx.cholesky(),
             discriminator=discriminator,
-            split=0.5,
+            split=ctx.dv_split,
             q_expectation="exact",
             q_ratio=ctx.q_ratio,
-            C_grid=(0.01, 0.1, 1.0),
+            C_grid=ctx.C_grid,
             rng=ctx.rng_for(name),
         )
 

@@ -43,6 +43,9 @@ def write_run(
             out_dir / "eps_sensitivity.png",
             eps_hat=s.eps,
             eps_interval=s.interval,
+            raw=s.raw,
+            raw_interval=s.raw_interval,
+            basis=s.basis,
         )
     write_json(out_dir / "metrics.json", metrics)
     if attacked is not None and attacked.violations:
