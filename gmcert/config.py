@@ -152,6 +152,7 @@ class LipschitzConfig:
     margin_weight: float = 1.0
     likelihood_weight: float = 0.1
     centre_weight: float = 0.0  # pull to the class mean, without the fit term's log det
+    margin_temperature: float = 0.0  # > 0: the hinge smoothed over every rival (keeps pushing)
     epochs: int = 150
     train_batch_size: int = 256  # not batch_size: that is the encode stage's extraction batch
     lr: float = 0.01

@@ -15,7 +15,12 @@ from torch import nn
 
 from gmcert.data import LabelledData
 from gmcert.encoders import build_encoder
-from gmcert.encoders.gm_objective import ObjectiveWeights, bisector_radius, gm_loss
+from gmcert.encoders.gm_objective import (
+    ObjectiveWeights,
+    bisector_radius,
+    gm_loss,
+    margin_loss,
+)
 from gmcert.encoders.lipschitz import CACHE_STAGE, LipschitzEncoder
 from gmcert.encoders.lipschitz_layers import GroupSort, lipschitz_bound, orthogonal_linear
 from gmcert.encoders.weight_cache import weights_key
@@ -352,3 +357,26 @@ def test_centre_term_is_the_mean_squared_distance_to_the_class_mean():
     # Only a set centre weight enters the cache key: keys of earlier weights stay valid.
     assert "centre_weight" not in LipschitzEncoder(**TINY).options
     assert LipschitzEncoder(**TINY, centre_weight=0.1).options["centre_weight"] == 0.1
+
+
+def test_smooth_margin_tends_to_the_hinge_and_keeps_pushing_past_the_margin():
+    means = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 0])
+    z = torch.tensor([[0.5, 0.0], [-0.4, 0.0], [-3.0, -3.0]], dtype=torch.float64)
+    hinge = float(margin_loss(z, y, means, 1.5, 0.0))
+    assert hinge == pytest.approx(((1.5 - 0.5) + (1.5 - 1.4) + 0.0) / 3 / 1.5)
+    # Smooth: an upper bound on the hinge (log-sum-exp >= max), within t log K of it.
+    for t in (0.5, 0.1, 1e-3):
+        smooth = float(margin_loss(z, y, means, 1.5, t))
+        assert hinge <= smooth <= hinge + t * np.log(3) / 1.5 + 1e-12
+    # Past the margin the hinge has no gradient; the smooth form still pushes outwards.
+    far = z[2:].clone().requires_grad_(True)
+    margin_loss(far, y[2:], means, 1.5, 0.0).backward()
+    assert float(far.grad.abs().sum()) == 0
+    far.grad = None
+    margin_loss(far, y[2:], means, 1.5, 0.5).backward()
+    assert float((far.grad * far.detach()).sum()) < 0  # descent moves z away from the rivals
+    # Only a set temperature enters the cache key: keys of earlier weights stay valid.
+    assert "margin_temperature" not in LipschitzEncoder(**TINY).options
+    with pytest.raises(ValueError, match="margin_temperature"):
+        ObjectiveWeights(target_std=0.5, margin=1.0, margin_temperature=-1.0)

@@ -19,7 +19,11 @@ the batch:
   exactly: this term is the moment part of the eps the run estimates (the rest is P_k's
   non-Gaussianity). Its log det keeps a class from collapsing and its trace from spreading.
 - ``margin``: mean hinge (margin - r(z))_+ / margin, pushing every training point's certified
-  radius to ``margin``.
+  radius to ``margin``. With a temperature t > 0 the hinge is smoothed over every rival's
+  bisector: t log(1 + sum_{j != k} exp((margin - r_j(z)) / t)) / margin, with r_j(z) the
+  signed distance to the bisector between k and j. It tends to the hinge as t -> 0 and,
+  unlike the hinge, keeps pushing radii past ``margin`` (its gradient there decays like
+  exp(-(r - margin) / t) instead of vanishing), which is what certifies large radii.
 - ``likelihood``: cross-entropy of Q's posterior, log-softmax_k(-|z - mu_k|^2 / (2 s^2)): the
   mixture's own classification loss.
 - ``centre`` (off by default): mean |z - mu_k|^2 / s^2, a plain pull of every point to its
@@ -49,6 +53,7 @@ class ObjectiveWeights:
     margin_weight: float = 1.0
     likelihood: float = 0.0
     centre: float = 0.0
+    margin_temperature: float = 0.0
 
     def __post_init__(self):
         if not self.target_std > 0:
@@ -59,18 +64,37 @@ class ObjectiveWeights:
             raise ValueError(
                 "objective weights (fit, margin_weight, likelihood, centre) must be >= 0"
             )
+        if not self.margin_temperature >= 0:
+            raise ValueError(f"margin_temperature must be >= 0, got {self.margin_temperature}")
 
 
-def bisector_radius(z: Tensor, labels: Tensor, means: Tensor) -> Tensor:
-    """r(z) for each row: signed l2 distance from z to the nearest bisector between its own
-    class mean and a rival's (negative when a rival's mean is closer). z (n, d), means (K, d)."""
+def bisector_distances(z: Tensor, labels: Tensor, means: Tensor) -> Tensor:
+    """(n, K): the signed l2 distance from each row of z to the bisector between its own
+    class mean and each rival's (negative on the rival's side; inf in the own class's
+    column). z (n, d), means (K, d)."""
     own = means[labels]  # (n, d)
     diff = own[:, None, :] - means[None, :, :]  # (n, K, d)
     gap = diff.norm(dim=-1)  # (n, K)
     midpoint = (own[:, None, :] + means[None, :, :]) / 2
     signed = ((z[:, None, :] - midpoint) * diff).sum(-1) / gap.clamp_min(1e-12)
-    signed = signed.masked_fill(F.one_hot(labels, len(means)).bool(), float("inf"))
-    return signed.min(dim=1).values
+    return signed.masked_fill(F.one_hot(labels, len(means)).bool(), float("inf"))
+
+
+def bisector_radius(z: Tensor, labels: Tensor, means: Tensor) -> Tensor:
+    """r(z) for each row: signed l2 distance from z to the nearest bisector between its own
+    class mean and a rival's (negative when a rival's mean is closer). z (n, d), means (K, d)."""
+    return bisector_distances(z, labels, means).min(dim=1).values
+
+
+def margin_loss(z: Tensor, labels: Tensor, means: Tensor, margin: float, temperature: float):
+    """The ``margin`` term (module docstring): the hinge at temperature 0, else its smooth
+    form over every rival's bisector; divided by ``margin`` so its scale does not depend on it."""
+    if temperature == 0:
+        return F.relu(margin - bisector_radius(z, labels, means)).mean() / margin
+    excess = (margin - bisector_distances(z, labels, means)) / temperature  # own column: -inf
+    # log(1 + sum_j exp(excess_j)): a zero column stands for the 1.
+    padded = torch.cat([excess, excess.new_zeros(len(excess), 1)], dim=1)
+    return temperature * torch.logsumexp(padded, dim=1).mean() / margin
 
 
 def gaussian_fit(z: Tensor, labels: Tensor, means: Tensor, target_std: float) -> Tensor:
@@ -104,8 +128,7 @@ def gm_loss(z: Tensor, labels: Tensor, means: Tensor, weights: ObjectiveWeights)
     """The terms and their weighted sum (``"total"``), as 0-d tensors."""
     terms = {
         "fit": gaussian_fit(z, labels, means, weights.target_std),
-        "margin": F.relu(weights.margin - bisector_radius(z, labels, means)).mean()
-        / weights.margin,
+        "margin": margin_loss(z, labels, means, weights.margin, weights.margin_temperature),
     }
     if weights.likelihood:
         logits = -(z[:, None, :] - means[None]).square().sum(-1) / (2 * weights.target_std**2)

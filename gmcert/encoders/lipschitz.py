@@ -58,7 +58,8 @@ class LipschitzEncoder(nn.Module):
 
     Objective (see :mod:`~gmcert.encoders.gm_objective`): ``target_std`` s of every class's
     latent coordinates, the hinge's target radius ``margin`` (latent = input l2 units), and the
-    weights of the Gaussian-fit, margin, likelihood and centre terms. Training: ``epochs``,
+    weights of the Gaussian-fit, margin, likelihood and centre terms; ``margin_temperature``
+    smooths the hinge over every rival (0: the plain hinge). Training: ``epochs``,
     ``train_batch_size`` (named apart from the encode stage's extraction ``batch_size``),
     ``lr`` (Adam, cosine decay), ``seed``. ``cache_dir``: where trained weights
     are kept (None: always train); ``force``: retrain even when cached.
@@ -84,6 +85,7 @@ class LipschitzEncoder(nn.Module):
         margin_weight: float = 1.0,
         likelihood_weight: float = 0.1,
         centre_weight: float = 0.0,
+        margin_temperature: float = 0.0,
         epochs: int = 150,
         train_batch_size: int = 256,
         lr: float = 0.01,
@@ -118,6 +120,7 @@ class LipschitzEncoder(nn.Module):
             margin_weight=float(margin_weight),
             likelihood=float(likelihood_weight),
             centre=float(centre_weight),
+            margin_temperature=float(margin_temperature),
         )
         self.training_options = TrainingOptions(
             epochs=positive_int("epochs", epochs),
@@ -146,6 +149,8 @@ class LipschitzEncoder(nn.Module):
             self.options.update(architecture="conv", channels=channels)
         if centre_weight:
             self.options["centre_weight"] = float(centre_weight)
+        if margin_temperature:
+            self.options["margin_temperature"] = float(margin_temperature)
         self.seed = int(seed)
         self.cache_dir, self.force = cache_dir, force
         self.network: nn.Sequential | None = None
