@@ -199,6 +199,8 @@ def degrade(
         eps_upper=eps_upper if options.eps is None else None,
         eps_true=eps_true,
     )
+    table["eps_source"] = pd.Series(pd.NA, index=table.index, dtype="string")
+    table.loc[table["population_Q"].notna(), "eps_source"] = source  # which eps the bound is at
     verdict = judge(table, eps=eps, source=source)
     result.update(measured_above_bound=verdict.above, verdict=verdict.text)
     log.info(verdict.text)
