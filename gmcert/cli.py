@@ -67,13 +67,20 @@ def run_job(cfg: DictConfig) -> dict | None:
                 f"radius cap {summary['radius_cap']:.3f} (a cap, not a result; "
                 f"{summary['at_cap']:.1%} of points at it)"
             )
-    attack = metrics.get("attack")
-    if attack:
+    attack = metrics.get("attack") or {}
+    if "method" in attack:
         print(
             f"attacked: {attack['points']:,} {attack['method']} points attacked in "
             f"{attack['norm']} ({attack['space']} space; the 'attacked' column is over these), "
             f"{attack['seconds']:.1f} s; median certified / attack radius "
             f"{attack['tightness_median'] or float('nan'):.3f}; no attack beat a certificate"
+        )
+    for name, s in (attack.get("smoothing") or {}).items():
+        print(
+            f"attacked: {s['points']:,} {name} points (smoothed classifier, PGD then PREDICT "
+            f"with n={s['predict_n']:,}), {s['seconds']:.1f} s; median certified / attack "
+            f"radius {s['tightness_median'] or float('nan'):.3f}; {s['confirmed_flips']} "
+            f"confirmed flips inside a certified radius ({s['flips_allowed']} allowed by alpha)"
         )
     divergence = metrics.get("divergence") or {}
     if "eps_used" in divergence:

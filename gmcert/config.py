@@ -271,6 +271,14 @@ class AttackConfig:
     # attack the certified points whose index is a multiple of this (a network attacked on
     # every one of 10,000 points takes hours on a CPU)
     skip: int = 1
+    # The smoothed classifiers' attack (gmcert.attack.smoothing): PGD on the soft smoothed
+    # classifier, then PREDICT along its direction (docs/theory.md section 5).
+    smoothing: bool = True
+    smoothing_skip: int = 1  # attack the smoothing points whose index is a multiple of this
+    smoothing_steps: int = 10  # gradient steps (>= 1)
+    smoothing_samples: int = 32  # noise draws per point per gradient step
+    smoothing_search: int = 5  # bisection steps on the scale (each one PREDICT call a point)
+    smoothing_n: int | None = None  # PREDICT's noise samples per call; null: certify.n
 
 
 @dataclass
@@ -471,6 +479,12 @@ def _rules() -> list[tuple[str, object, str]]:
         ("attack.batch_size", positive, "an integer >= 1"),
         ("attack.tolerance", _number(0), "a relative slack >= 0"),
         ("attack.skip", positive, "an integer >= 1"),
+        ("attack.smoothing", _one_of((True, False)), "true or false"),
+        ("attack.smoothing_skip", positive, "an integer >= 1"),
+        ("attack.smoothing_steps", positive, "an integer >= 1"),
+        ("attack.smoothing_samples", positive, "an integer >= 1"),
+        ("attack.smoothing_search", count, "an integer >= 0"),
+        ("attack.smoothing_n", _optional(positive), "null (certify.n) or an integer >= 1"),
         ("dataset.test_size", _probability(), "a fraction in (0, 1)"),
         ("dataset.num_classes", _number(2, integer=True), "an integer >= 2"),
         ("dataset.dim", positive, "an integer >= 1 (the input dimension)"),

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gmcert.attack.stage import ATTACKED_METHOD, attack_certificates, attack_enabled
+from gmcert.attack.stage import attack_all, attack_enabled
 from gmcert.bounds.degradation import degrade
 from gmcert.certify.methods import CertifyInputs, build_methods
 from gmcert.certify.stage import certify_pending, certify_positions
@@ -96,13 +96,10 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     predictions = predictions_log.read()
     predictions = predictions[predictions["index"].isin(data.test.indices[positions])]
 
-    attacked = None
-    attacked_method = next((m for m in methods if m.name == ATTACKED_METHOD), None)
-    if attack_enabled(cfg.attack, data.test, attacked_method):
+    attacks = []
+    if attack_enabled(cfg.attack, data.test, methods):
         with timer("attack"):
-            attacked = attack_certificates(
-                predictions, attacked_method, inputs, positions, cfg.attack
-            )
+            attacks = attack_all(predictions, methods, inputs, positions, cfg.attack)
 
     with timer("evaluate"):
         radii, alpha = list(cfg.certify.radii), cfg.certify.ci_alpha
@@ -111,7 +108,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         population = add_population_columns(
             table, mixture, transfer=transfer, options=cfg.certify, device=device, seed=cfg.seed
         )
-        attack = add_empirical_robust_accuracy(table, predictions, attacked) if attacked else None
+        attack = add_empirical_robust_accuracy(table, predictions, attacks) if attacks else None
         if any(m.smoothing is not None for m in methods):
             table = pd.concat(
                 [table, published_rows(data.name, cfg.certify.sigma)], ignore_index=True
@@ -145,5 +142,5 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         "output_dir": str(out_dir),
     }
     title = f"{data.name} / {cfg.encoder.name} / {mixture.covariance}"
-    write_run(out_dir, table, predictions, degradation, metrics, title=title, attacked=attacked)
+    write_run(out_dir, table, predictions, degradation, metrics, title=title, attacks=attacks)
     return metrics

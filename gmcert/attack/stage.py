@@ -1,4 +1,4 @@
-"""The attack stage: every deterministic certificate attacked where its radius is measured.
+"""The attack stage: every certificate attacked where its radius is measured.
 
 For each point the closed form certified, the smallest perturbation found that changes the
 deterministic model's prediction (encoder -> mixture head on inputs when radii are in input
@@ -8,8 +8,9 @@ radius bounds the robust radius from above, as the certificate bounds it from be
 ratio is the certificate's tightness, and an attack that succeeds strictly inside a certified
 radius is a soundness bug, reported as such.
 
-Smoothing certificates are probabilistic statements about the smoothed classifier; they are
-not attacked here (an honest attack would need Monte Carlo estimates of it).
+Smoothing certificates are probabilistic statements about the smoothed classifier: they are
+attacked by :mod:`gmcert.attack.smoothing` (Monte Carlo), which this stage calls for every
+method that is ``attackable`` and has ``smoothing`` settings.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from torch import nn
 
 from gmcert.attack.linear import linear_boundary_projection
 from gmcert.attack.minimum_norm import minimum_norm_attack
+from gmcert.attack.smoothing import SmoothedAttacked, attack_smoothed
 from gmcert.certify.methods import CertificationMethod, CertifyInputs
 from gmcert.data import Split
 from gmcert.models.heads import MixtureHead
 
-ATTACKED_METHOD = "closed_form"
 log = logging.getLogger(__name__)
 
 
@@ -37,17 +38,25 @@ class UnsoundCertificate(RuntimeError):
     """An attack found a class change strictly inside a certified radius."""
 
 
-def attack_enabled(options, test: Split, method) -> bool:
+def attacked_methods(methods, options) -> list[CertificationMethod]:
+    """The methods whose certificates the stage attacks: every ``attackable`` one, the
+    smoothing methods only with ``attack.smoothing``."""
+    return [
+        m
+        for m in methods
+        if getattr(m, "attackable", False) and (m.smoothing is None or options.smoothing)
+    ]
+
+
+def attack_enabled(options, test: Split, methods) -> bool:
     """``attack.enabled``: true, false, or auto (on for in-memory datasets, off for image
-    folders, where attacking a large encoder on every image is a job of its own). Only the
-    closed form's certificates are attacked: without it there is nothing to attack."""
+    folders, where attacking a large encoder on every image is a job of its own). Without an
+    attackable method (:func:`attacked_methods`) there is nothing to attack."""
     if options.enabled not in (True, False, "auto"):
         raise ValueError(f"attack.enabled must be true, false or auto, got {options.enabled!r}")
-    if method is None:
+    if not attacked_methods(methods, options):
         if options.enabled is True:
-            log.warning(
-                "attack.enabled=true, but only %s certificates are attacked", ATTACKED_METHOD
-            )
+            log.warning("attack.enabled=true, but none of certify.methods can be attacked")
         return False
     if options.enabled == "auto":
         return isinstance(test.inputs, np.ndarray)
@@ -57,13 +66,40 @@ def attack_enabled(options, test: Split, method) -> bool:
 @dataclass(frozen=True)
 class Attacked:
     """Per attacked point: ``radius`` (attack radius, inf where none was found) by index;
-    ``violations``: the points whose certificate the attack beat; ``seconds``."""
+    ``violations``: the points whose certificate the attack beat; ``seconds``; the
+    ``method`` attacked."""
 
     radius: pd.Series
     violations: list[dict]
     seconds: float
     norm: str
     space: str
+    method: str
+
+
+def attack_all(
+    predictions: pd.DataFrame,
+    methods,
+    inputs: CertifyInputs,
+    positions: np.ndarray,
+    options,
+) -> list[Attacked | SmoothedAttacked]:
+    """Each of :func:`attacked_methods`, by the attack its kind of certificate needs."""
+    attacks = []
+    for method in attacked_methods(methods, options):
+        if method.smoothing is None:
+            attacks.append(attack_certificates(predictions, method, inputs, positions, options))
+            continue
+        found = attack_smoothed(predictions, method, positions, inputs.data.test, options)
+        if found is not None:
+            attacks.append(found)
+    return attacks
+
+
+def unsound_findings(attacks) -> list[dict]:
+    """The findings that make a run UNSOUND: a closed-form certificate beaten at all, or
+    smoothing certificates beaten more often than their alpha allows."""
+    return [v for attacked in attacks for v in attacked.violations]
 
 
 def attack_certificates(
@@ -145,4 +181,5 @@ def attack_certificates(
         time.perf_counter() - started,
         norm,
         space,
+        method.name,
     )

@@ -58,6 +58,9 @@ class CertificationMethod(Protocol):
     exact: bool  # True: the exact radius; False: a sound lower bound
     chunk_size: int  # points certified per call (and per resume step)
     smoothing: SmoothingSettings | None
+    # Its certificates can be checked by an attack (gmcert.attack): the deterministic model's
+    # minimum-norm attack where ``smoothing`` is None, the smoothed classifier's otherwise.
+    attackable: bool
 
     def certify(self, positions: np.ndarray) -> Certified: ...
 
@@ -93,6 +96,7 @@ class ClosedForm:
 
     name = "closed_form"
     smoothing = None
+    attackable = True
 
     def __init__(self, inputs: CertifyInputs):
         opts, mixture = inputs.options, inputs.mixture
@@ -154,6 +158,7 @@ class Smoothing:
     norm = "l2"
     space = "input"
     exact = True
+    attackable = True  # by gmcert.attack.smoothing, through smoothed, classes and noise_seeds
 
     def __init__(self, inputs: CertifyInputs, *, head: str, noise_trained: bool):
         opts = inputs.options
@@ -163,8 +168,10 @@ class Smoothing:
         stages = [inputs.encoder, module]
         if inputs.denoiser is not None:
             stages.insert(0, inputs.denoiser)
+        # True: the base's first stage is a denoiser (run in inference mode, no gradient).
+        self.denoised = inputs.denoiser is not None
         base = torch.nn.Sequential(*stages).eval().to(inputs.device)
-        self._smoothed = SmoothedClassifier(
+        self.smoothed = self._smoothed = SmoothedClassifier(
             base, len(self._classes), opts.sigma, device=inputs.device, batch_size=opts.noise_batch
         )
         self._test = inputs.data.test
@@ -212,10 +219,20 @@ class Smoothing:
         self._classes = mixture.classes_
         return MixtureHead(mixture)
 
+    @property
+    def classes(self) -> np.ndarray:
+        """The labels of the base classifier's outputs, in output order."""
+        return self._classes
+
+    def noise_seeds(self, positions: np.ndarray) -> list[int]:
+        """One noise key per test position, from the run's seed and the point's dataset index
+        only (CERTIFY draws streams 0 and 1 of it; an attack draws other streams)."""
+        # The seed is below 2**32 (checked with the options), so each pair is its own key.
+        return [self._seed * 2**32 + int(i) for i in self._test.indices[positions]]
+
     def certify(self, positions: np.ndarray) -> Certified:
         settings = self.smoothing
-        # The seed is below 2**32 (checked with the options), so each pair is its own key.
-        seeds = [self._seed * 2**32 + int(i) for i in self._test.indices[positions]]
+        seeds = self.noise_seeds(positions)
         certs = self._smoothed.certify_batch(
             self._test.batch(positions),
             n0=settings.n0,

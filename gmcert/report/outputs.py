@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gmcert.attack.stage import Attacked, UnsoundCertificate
+from gmcert.attack.stage import UnsoundCertificate, unsound_findings
 from gmcert.bounds.degradation import Degradation
 from gmcert.data import LabelledData
 from gmcert.features import Encoded
@@ -24,15 +24,17 @@ def write_run(
     metrics: dict,
     *,
     title: str,
-    attacked: Attacked | None = None,
+    attacks=(),
 ) -> None:
+    """``attacks``: the attack stage's results, one per attacked method (Attacked or
+    SmoothedAttacked)."""
     write_csv(out_dir / "certified_accuracy.csv", table)
     plot_certified_accuracy(
         predictions,
         table,
         out_dir / "certified_accuracy.png",
         title=title,
-        attack_radius=attacked.radius if attacked else None,
+        attack_radius={attacked.method: attacked.radius for attacked in attacks} or None,
     )
     if degradation is not None and degradation.sensitivity is not None:
         s = degradation.sensitivity
@@ -48,12 +50,18 @@ def write_run(
             basis=s.basis,
         )
     write_json(out_dir / "metrics.json", metrics)
-    if attacked is not None and attacked.violations:
-        write_json(out_dir / "unsound.json", attacked.violations)
+    # Every confirmed flip inside a smoothing radius; UNSOUND only beyond what alpha allows.
+    flips = [f for attacked in attacks for f in getattr(attacked, "flips", [])]
+    if flips:
+        write_json(out_dir / "smoothing_flips.json", flips)
+    violations = unsound_findings(attacks)
+    if violations:
+        write_json(out_dir / "unsound.json", violations)
+        where = sorted({f"{v['method']} ({v['norm']}, {v['space']} space)" for v in violations})
         raise UnsoundCertificate(
-            f"UNSOUND: an attack changed the prediction strictly inside {len(attacked.violations)}"
-            f" certified {attacked.norm} radii ({attacked.space} space); the points, "
-            f"perturbations and both radii are in {out_dir / 'unsound.json'}"
+            f"UNSOUND: an attack changed the prediction strictly inside {len(violations)}"
+            f" certified radii of {', '.join(where)}; the points, perturbations and both radii"
+            f" are in {out_dir / 'unsound.json'}"
         )
 
 

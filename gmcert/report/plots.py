@@ -9,7 +9,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gmcert.attack.stage import ATTACKED_METHOD  # noqa: E402
 from gmcert.io import atomic_write  # noqa: E402
 from gmcert.report.table import certified_count  # noqa: E402
 
@@ -27,11 +26,12 @@ def plot_certified_accuracy(
     path,
     *,
     title: str,
-    attack_radius: pd.Series | None = None,
+    attack_radius: dict[str, pd.Series] | None = None,
 ):
     """One curve per method, with the table's Clopper-Pearson intervals as error bars; where
-    ``attack_radius`` (by index) is given, the band up to the attacked method's empirical
-    robust accuracy is shaded: the true robust accuracy lies in it."""
+    ``attack_radius`` gives a method's attack radii (by index), the band up to its empirical
+    robust accuracy is shaded: the true robust accuracy lies in it (for smoothing, up to the
+    Monte Carlo error of its certificates and of PREDICT)."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     published = table[~table["method"].isin(predictions["method"].unique())]
     for method, rows in published.groupby("method", sort=False):
@@ -52,9 +52,10 @@ def plot_certified_accuracy(
         correct = rows["correct"].to_numpy(bool)
         curve = certified_count(correct, np.nan_to_num(radii), grid) / max(len(correct), 1)
         (line,) = ax.step(grid, curve, where="post", label=f"{method} ({space} radius)")
-        if attack_radius is not None and method == ATTACKED_METHOD:
-            attacked = rows.set_index("index").loc[attack_radius.index, "correct"].to_numpy(bool)
-            upper = certified_count(attacked, attack_radius.to_numpy(), grid) / len(attacked)
+        if attack_radius and method in attack_radius:
+            radius = attack_radius[method]
+            attacked = rows.set_index("index").loc[radius.index, "correct"].to_numpy(bool)
+            upper = certified_count(attacked, radius.to_numpy(), grid) / len(attacked)
             ax.fill_between(
                 grid,
                 curve,
