@@ -140,10 +140,17 @@ class CheckOutputFolder(Callback):
     or stop with one line saying why not and what to do."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._make(config.hydra.run.dir)
+        self._make(self._resolve(config, "run"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._make(config.hydra.sweep.dir)
+        self._make(self._resolve(config, "sweep"))
+
+    @staticmethod
+    def _resolve(config: DictConfig, mode: str) -> str:
+        # The folder's path goes through ${hydra:runtime.cwd}, which resolves only once
+        # HydraConfig holds this config; Hydra sets it after the callbacks (and warned here).
+        HydraConfig.instance().set_config(config)
+        return config.hydra[mode].dir
 
     @staticmethod
     def _make(folder: str) -> None:

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from omegaconf import open_dict
 
 import gmcert.features as features
 from gmcert.cli import file_error
@@ -124,3 +125,23 @@ def test_every_missing_input_is_named_before_any_work(make_cfg, tmp_path, monkey
     assert "CIFAR-10 not found" in message and "vit_b_16: weights='default'" in message
     assert f"denoiser.weights={tmp_path}/data/denoisers/ddpm-cifar10-32" in message
     assert not (tmp_path / "run").exists()  # refused before the output folder was made
+
+
+def test_the_output_folder_check_resolves_hydras_own_paths(tmp_path, monkeypatch):
+    """A plain run printed a UserWarning: the callback resolved ``hydra.run.dir`` (through
+    ``${hydra:runtime.cwd}``) before Hydra had set its config, and the check was skipped."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from gmcert.cli import CONFIG_DIR, CheckOutputFolder
+
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    HydraConfig.instance().cfg = None  # as Hydra leaves it when the callbacks run
+    with open_dict(cfg):
+        cfg.hydra.runtime.cwd = str(tmp_path)
+    CheckOutputFolder().on_run_start(cfg)
+    assert len(list((tmp_path / "outputs" / "run" / "runs").iterdir())) == 1
