@@ -10,15 +10,33 @@ section 3). Each ``s_k - s_j`` is a quadric, and its l2 distance is solved exact
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
 from gmcert.certify.norms import check_norm
-from gmcert.certify.quadric_distance import as_real_tensor, check_symmetric, solve_local_quadric
+from gmcert.certify.quadric_distance import (
+    Blocks,
+    as_real_tensor,
+    check_symmetric,
+    solve_in_blocks,
+)
 from gmcert.device import resolve_device
+from gmcert.memory import check_memory
 
-__all__ = ["QuadraticCertificate", "QuadraticCertifier", "lower_bound_from_l2"]
+__all__ = ["PairEigenbases", "QuadraticCertificate", "QuadraticCertifier", "lower_bound_from_l2"]
+
+# Memory for the class pairs' eigenbases: every pair is decomposed up front when all fit (K = 10
+# at d = 256 takes 24 MB); beyond, pairs are decomposed when first needed and the least
+# recently used dropped (all pairs of K = 1000 at d = 64 would take 16 GiB).
+PAIR_CACHE_BYTES = 1 << 30
+# Memory for one chunk of points' (K, rows, d) score and gradient tensors.
+WORKING_BYTES = 1 << 28
+# A rival is skipped only when its lower bound exceeds the best radius by this relative margin,
+# so that the pruned minimum equals the unpruned one unless a pair's computed radius is more
+# than this far below its true distance (rounding-dominated cases; both stay sound).
+PRUNE_MARGIN = 1e-6
 
 
 @dataclass(frozen=True)
@@ -64,30 +82,59 @@ class QuadraticCertifier:
     ``"l1"`` a sound lower bound (``R_2 / sqrt(d)`` / ``R_2``), flagged by the attribute
     ``exact``.
 
-    One eigendecomposition per unordered class pair is computed at construction:
-    ``s_k - s_j`` has ``A_kj = (P_j - P_k) / 2 = -A_jk``, so both orders share eigenvectors.
-    Units: the latent units of ``means``.
+    Pairs that cannot decide a point's radius are not solved (``prune``): every rival ``j`` gets
+    the cheap lower bound of :meth:`_lower_bounds` on its distance; rivals are solved exactly in
+    rounds of 1, 4, 16, ... in increasing order of that bound, and a rival whose bound exceeds
+    the smallest radius solved so far (by the relative ``PRUNE_MARGIN``) is skipped, with all
+    rivals after it. A skipped pair's true distance is at least its bound, hence larger than a
+    radius already found, so it cannot lower the minimum (docs/theory.md section 3.2,
+    "Pruning and many classes").
+
+    Eigendecompositions of ``A_kj = (P_j - P_k) / 2`` (one per unordered pair: ``A_kj = -A_jk``
+    share eigenvectors) are all computed at construction when they fit in
+    ``pair_cache_bytes``; otherwise (large K) only the pairs a round needs are decomposed, in
+    chunks, and the least recently used are dropped. Points are processed in chunks whose
+    ``(K, rows, d)`` work tensors fit in ``working_bytes``. What cannot fit at all (the K
+    precision matrices themselves) is refused at construction. Units: the latent units of
+    ``means``.
     """
 
     def __init__(
-        self, means, precisions, log_weights, *, norm="l2", device="cpu", dtype=torch.float64
+        self,
+        means,
+        precisions,
+        log_weights,
+        *,
+        norm="l2",
+        device="cpu",
+        dtype=torch.float64,
+        prune=True,
+        pair_cache_bytes=PAIR_CACHE_BYTES,
+        working_bytes=WORKING_BYTES,
     ):
         check_norm(norm, "norm")
         self.device = resolve_device(device)
         self.dtype = dtype
         self.norm = norm
         self.exact = norm == "l2"
+        self.prune = bool(prune)
         self.means = as_real_tensor(means, "means", self.device, dtype)
         self.precisions = as_real_tensor(precisions, "precisions", self.device, dtype)
         self.log_weights = as_real_tensor(log_weights, "log_weights", self.device, dtype)
-        self._validate()
-        a, b = torch.triu_indices(self.n_classes, self.n_classes, offset=1, device=self.device)
-        # Memory: K (K - 1) / 2 eigenbases of size d x d; the matrices themselves are rebuilt
-        # per class (bitwise the same: x - y rounds to exactly -(y - x)).
-        self._pair_eigenvalues, self._pair_eigenvectors = torch.linalg.eigh(
-            0.5 * (self.precisions[b] - self.precisions[a])
+        K, d = self._check_shapes()
+        itemsize = torch.finfo(dtype).bits // 8
+        # Precisions, their magnitudes and the eigenvalue check's copy, plus one chunk of work.
+        check_memory(
+            3 * K * d * d * itemsize + working_bytes,
+            f"the quadratic certificate of {K} classes in {d} dimensions",
+            "use a linear family (covariance=shared) or fewer latent dimensions",
         )
+        self.working_bytes = int(working_bytes)
+        spectra = self._validate()
         self._abs_precisions = self.precisions.abs()
+        self._frobenius = torch.linalg.matrix_norm(self.precisions)
+        self._spectrum_min, self._spectrum_max = spectra[:, 0], spectra[:, -1]
+        self._pairs = PairEigenbases(self.precisions, pair_cache_bytes)
 
     @property
     def n_classes(self) -> int:
@@ -100,9 +147,8 @@ class QuadraticCertifier:
     def scores(self, Z) -> torch.Tensor:
         """(n, K) class scores ``s_k(z)``."""
         Z = self._points(Z)
-        centred = Z[:, None, :] - self.means[None]
-        quad = torch.einsum("nkd,kde,nke->nk", centred, self.precisions, centred)
-        return self.log_weights[None] - 0.5 * quad
+        parts = [self._scores(Z[rows])[2].T for rows in self._chunks(Z.shape[0])]
+        return torch.cat(parts) if parts else Z.new_empty((0, self.n_classes))
 
     def predict(self, Z) -> torch.Tensor:
         """(n,) argmax of the scores (ties: the lowest index)."""
@@ -115,80 +161,202 @@ class QuadraticCertifier:
     def certify(self, Z) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions (n,) int64, radii (n,) in latent ``norm`` units), the interface shared
         with :class:`gmcert.certify.linear.LinearCertifier`."""
-        Z = self._points(Z)
-        pred = self.predict(Z)
-        return pred, self.certificate(Z, pred).radius
+        pred, cert = self._run(self._points(Z), None)
+        return pred, cert.radius
 
-    @torch.no_grad()
     def certificate(self, Z, pred=None) -> QuadraticCertificate:
         """Certificate for each row of ``Z`` (n, d) and its class ``pred`` (n,), default the
         prediction. Where ``pred`` is not the strict argmax the radius is 0."""
         Z = self._points(Z)
+        if pred is not None:
+            pred = self._labels(pred, Z.shape[0])
+        return self._run(Z, pred)[1]
+
+    @torch.no_grad()
+    def _run(self, Z, pred):
         n = Z.shape[0]
-        pred = self.predict(Z) if pred is None else self._labels(pred, n)
+        out_pred = torch.empty(n, dtype=torch.long, device=self.device)
         radius = torch.full((n,), math.inf, dtype=self.dtype, device=self.device)
         delta = torch.full((n, self.dim), math.nan, dtype=self.dtype, device=self.device)
         nearest = torch.full((n,), -1, dtype=torch.long, device=self.device)
         verified = torch.zeros(n, dtype=torch.bool, device=self.device)
-        if self.n_classes > 1:
-            for k in pred.unique().tolist():
-                rows = (pred == k).nonzero().squeeze(-1)
-                r, dl, j, ok = self._certify_class(Z[rows], k)
-                radius[rows], delta[rows], nearest[rows], verified[rows] = r, dl, j, ok
+        for rows in self._chunks(n):
+            given = None if pred is None else pred[rows]
+            out_pred[rows], r, dl, j, ok = self._certify_chunk(Z[rows], given)
+            radius[rows], delta[rows], nearest[rows], verified[rows] = r, dl, j, ok
         radius = lower_bound_from_l2(radius, self.dim, self.norm)
-        return QuadraticCertificate(radius, delta, nearest, verified, self.norm, self.exact)
+        cert = QuadraticCertificate(radius, delta, nearest, verified, self.norm, self.exact)
+        return out_pred, cert
 
-    def _certify_class(self, Z, k):
-        """All rows predicted ``k``: one batched solve over the K - 1 pairs (k, j)."""
-        others = [j for j in range(self.n_classes) if j != k]
-        pair_index, sign = self._pair_lookup(k, others)
-        others_t = torch.tensor(others, device=self.device)
-        matrices = 0.5 * (self.precisions[others_t] - self.precisions[k][None])
-        eigenvalues = sign[:, None] * self._pair_eigenvalues[pair_index]
-        eigenvectors = self._pair_eigenvectors[pair_index]
+    def _chunks(self, n):
+        """Row slices whose (K, rows, d) work tensors (about six of them) fit the budget."""
+        per_row = 6 * self.n_classes * self.dim * torch.finfo(self.dtype).bits // 8
+        step = max(1, self.working_bytes // per_row)
+        return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
-        centred = Z[None, :, :] - self.means[:, None, :]  # (K, n, d)
-        pulled = torch.einsum("kde,kne->knd", self.precisions, centred)  # P_k (z - mu_k)
+    def _scores(self, Z):
+        """(centred (K, n, d), pulled ``P_k (z - mu_k)`` (K, n, d), scores (K, n))."""
+        centred = Z[None, :, :] - self.means[:, None, :]
+        pulled = torch.einsum("kde,kne->knd", self.precisions, centred)
         quad = (pulled * centred).sum(-1)
-        scores = self.log_weights[:, None] - 0.5 * quad
-        values = scores[k][None] - scores[others_t]
-        gradients = pulled[others_t] - pulled[k][None]
+        return centred, pulled, self.log_weights[:, None] - 0.5 * quad
 
-        abs_pulled = torch.einsum("kde,kne->knd", self._abs_precisions, centred.abs())
-        abs_score = self.log_weights.abs()[:, None] + 0.5 * (abs_pulled * centred.abs()).sum(-1)
-        value_scale = abs_score[k][None] + abs_score[others_t]
-        abs_grad = torch.linalg.vector_norm(abs_pulled, dim=-1)
-        gradient_scale = abs_grad[k][None] + abs_grad[others_t]
+    def _certify_chunk(self, Z, pred):
+        K, n = self.n_classes, Z.shape[0]
+        centred, pulled, scores = self._scores(Z)
+        if pred is None:
+            pred = scores.argmax(0)
+        radius = torch.full((n,), math.inf, dtype=self.dtype, device=self.device)
+        delta = torch.full((n, self.dim), math.nan, dtype=self.dtype, device=self.device)
+        nearest = torch.full((n,), -1, dtype=torch.long, device=self.device)
+        verified = torch.zeros(n, dtype=torch.bool, device=self.device)
+        if K == 1 or n == 0:
+            return pred, radius, delta, nearest, verified
+        points = torch.arange(n, device=self.device)
+        # The constraint g = s_k - s_j of every rival j, for each point's class k.
+        values = scores[pred, points][None] - scores  # (K, n)
+        gradients = pulled - pulled[pred, points][None]  # (K, n, d)
 
-        out = solve_local_quadric(
-            values,
-            gradients,
-            matrices,
-            eigenvalues,
-            eigenvectors,
-            value_scale=value_scale,
-            gradient_scale=gradient_scale,
+        bound = self._lower_bounds(values, gradients, centred, pred)
+        bound[pred, points] = math.inf  # not a rival
+        order = bound.argsort(dim=0, stable=True)  # rivals by increasing bound; own class last
+        sorted_bound = bound.gather(0, order)
+        start, width = 0, 1 if self.prune else K - 1
+        while start < K - 1:
+            stop = min(start + width, K - 1)
+            candidates = order[start:stop]
+            need = torch.ones_like(candidates, dtype=torch.bool)
+            if self.prune:
+                # Pruning proof: docs/theory.md section 3.2. NaN-free: bounds are finite or inf.
+                need = sorted_bound[start:stop] <= radius[None] * (1 + PRUNE_MARGIN)
+                if not need.any():
+                    break
+            slot, point = need.nonzero(as_tuple=True)
+            rival = candidates[slot, point]
+            r, dl, ok = self._solve_pairs(
+                point, pred[point], rival, values[rival, point], gradients[rival, point], centred
+            )
+            self._keep_smallest(point, rival, r, dl, ok, radius, delta, nearest, verified)
+            start, width = stop, 4 * width
+        return pred, radius, delta, nearest, verified
+
+    @staticmethod
+    def _keep_smallest(point, rival, r, dl, ok, radius, delta, nearest, verified):
+        """Per point, the smallest radius so far (ties: the lowest rival class, as an unpruned
+        minimum over classes in order would pick)."""
+        best = radius.scatter_reduce(0, point, r, reduce="amin")
+        at_best = r == best[point]
+        # Rows whose minimum is still held by an earlier round keep it unless a tie has a lower
+        # class (inf radii have no class: nearest stays -1).
+        earlier = torch.where(radius == best, nearest, torch.full_like(nearest, 2**62))
+        earlier = torch.where(earlier < 0, torch.full_like(earlier, 2**62), earlier)
+        winner_class = earlier.scatter_reduce(
+            0, point[at_best], rival[at_best], reduce="amin", include_self=True
         )
-        radius, best = out.radius.min(0)
-        rows = torch.arange(Z.shape[0], device=self.device)
-        nearest = torch.where(torch.isinf(radius), -1, others_t[best])
-        return radius, out.delta[best, rows], nearest, out.witness_verified[best, rows]
+        take = at_best & (rival == winner_class[point]) & torch.isfinite(r)
+        changed = point[take]
+        radius.copy_(best)
+        delta[changed], nearest[changed], verified[changed] = dl[take], rival[take], ok[take]
 
-    def _pair_lookup(self, k, others):
-        """Index into the unordered-pair tables, and +1 / -1 for the order (k, j)."""
+    def _lower_bounds(self, values, gradients, centred, pred):
+        """(K, n) a lower bound on each rival's distance, from ``g``, ``||grad||`` and a bound
+        ``nu`` on the negative curvature of ``A_kj``: ``g(z + delta) >= g - ||b|| r - nu r^2``
+        for ``||delta|| <= r``, positive for ``r`` below the root
+        ``2 g / (||b|| + sqrt(||b||^2 + 4 nu g))``. ``g`` and ``||b||`` are first taken down /
+        up by the solver's own rounding-error estimate, with the magnitudes of their summands
+        bounded through ``|c|^T |P| |c| <= ||P||_F ||c||^2``."""
+        d, eps = self.dim, torch.finfo(self.dtype).eps
+        points = torch.arange(values.shape[1], device=self.device)
+        grad_norm = torch.linalg.vector_norm(gradients, dim=-1)
+        centred_norm = torch.linalg.vector_norm(centred, dim=-1)
+        pulled_bound = self._frobenius[:, None] * centred_norm
+        score_bound = self.log_weights.abs()[:, None] + 0.5 * pulled_bound * centred_norm
+        value_err = 8 * (d + 2) * eps * (score_bound[pred, points][None] + score_bound)
+        gradient_err = (
+            4 * (d + 2) * eps * (pulled_bound[pred, points][None] + pulled_bound + grad_norm)
+        )
+        g = (values - value_err).clamp(min=0)
+        slope = grad_norm + gradient_err
+        nu = self._negative_curvature()[pred].T  # (K, n)
+        bound = 2 * g / (slope + (slope**2 + 4 * nu * g).sqrt())
+        return torch.nan_to_num(bound, nan=0.0) * (1 - 1e-12)
+
+    def _negative_curvature(self):
+        """(K, K): ``nu[k, j] >= max(0, -lambda_min(A_kj))``, with the solver's eigenvalue shift
+        and a rounding margin added. Exact per pair where every pair is decomposed; otherwise
+        from the class spectra, ``A_kj = (P_j - P_k) / 2 >= (lambda_min(P_j) - lambda_max(P_k))
+        / 2``."""
+        if not hasattr(self, "_nu"):
+            eps = torch.finfo(self.dtype).eps
+            exact = self._pairs.lowest_eigenvalues()
+            if exact is not None:
+                lowest, scale = exact
+            else:
+                lowest = 0.5 * (self._spectrum_min[None, :] - self._spectrum_max[:, None])
+                scale = 0.5 * (self._spectrum_max[None, :] + self._spectrum_max[:, None])
+            margin = (16 * self.dim + 64) * eps * scale
+            self._nu = (margin - lowest).clamp(min=0)
+        return self._nu
+
+    def _solve_pairs(self, point, k, j, values, gradients, centred):
+        """Exact distances for the items (point, class k, rival j), grouped by class pair."""
         K = self.n_classes
-        index, sign = [], []
-        for j in others:
-            a, b = min(k, j), max(k, j)
-            # Row-major position of (a, b) in the strict upper triangle.
-            index.append(a * K - a * (a + 1) // 2 + (b - a - 1))
-            sign.append(1.0 if k < j else -1.0)
-        return (
-            torch.tensor(index, device=self.device),
-            torch.tensor(sign, dtype=self.dtype, device=self.device),
-        )
+        a, b = torch.minimum(k, j), torch.maximum(k, j)
+        pair = a * K - a * (a + 1) // 2 + (b - a - 1)  # row-major strict upper triangle
+        sign = torch.where(k < j, 1.0, -1.0).to(self.dtype)
+        perm = pair.argsort(stable=True)
+        pair, point, k, j = pair[perm], point[perm], k[perm], j[perm]
+        values, gradients, sign = values[perm], gradients[perm], sign[perm]
+        value_scale, gradient_scale = self._magnitudes(point, k, j, centred)
+        unique, counts = torch.unique_consecutive(pair, return_counts=True)
+        radius = torch.empty_like(values)
+        delta = torch.empty_like(gradients)
+        verified = torch.empty_like(values, dtype=torch.bool)
+        bounds = [0, *counts.cumsum(0).tolist()]
+        for first, last in self._pairs.chunks(len(unique)):
+            lo, hi = bounds[first], bounds[last]
+            eigenvalues, eigenvectors, matrices, zero = self._pairs.get(unique[first:last])
+            offsets = [o - lo for o in bounds[first : last + 1]]
+            blocks = Blocks(offsets, eigenvectors, matrices, sign[lo:hi], zero)
+            item_pair = torch.repeat_interleave(counts[first:last])
+            out = solve_in_blocks(
+                values[lo:hi],
+                gradients[lo:hi],
+                sign[lo:hi, None] * eigenvalues[item_pair],
+                blocks,
+                value_scale=value_scale[lo:hi],
+                gradient_scale=gradient_scale[lo:hi],
+            )
+            radius[lo:hi], delta[lo:hi] = out.radius, out.delta
+            verified[lo:hi] = out.witness_verified
+        back = perm.argsort()
+        return radius[back], delta[back], verified[back]
 
-    def _validate(self):
+    def _magnitudes(self, point, k, j, centred):
+        """Per item, the magnitudes of the summands of ``g`` and of its gradient (the solver's
+        rounding-error estimate): ``sum_c |w_c| + |c|^T |P_c| |c| / 2`` and ``sum_c || |P_c|
+        |c| ||`` over the item's two classes. One product per class, over all its items."""
+        n_items = len(point)
+        cls, pts = torch.cat([k, j]), torch.cat([point, point])
+        order = cls.argsort(stable=True)
+        cls, pts = cls[order], pts[order]
+        classes, counts = torch.unique_consecutive(cls, return_counts=True)
+        score = torch.empty(2 * n_items, dtype=self.dtype, device=self.device)
+        norm = torch.empty_like(score)
+        start = 0
+        for c, count in zip(classes.tolist(), counts.tolist(), strict=True):
+            rows = slice(start, start + count)
+            absolute = centred[c, pts[rows]].abs()
+            pulled = absolute @ self._abs_precisions[c]
+            score[rows] = (pulled * absolute).sum(-1)
+            norm[rows] = torch.linalg.vector_norm(pulled, dim=-1)
+            start += count
+        score = self.log_weights.abs()[cls] + 0.5 * score
+        back = order.argsort()
+        score, norm = score[back], norm[back]
+        return score[:n_items] + score[n_items:], norm[:n_items] + norm[n_items:]
+
+    def _check_shapes(self):
         if self.means.ndim != 2:
             raise ValueError(f"means must have shape (K, d), got {tuple(self.means.shape)}")
         K, d = self.means.shape
@@ -201,6 +369,11 @@ class QuadraticCertifier:
             raise ValueError(
                 f"log_weights must have shape ({K},), got {tuple(self.log_weights.shape)}"
             )
+        return K, d
+
+    def _validate(self):
+        """Finite, symmetric, positive-definite precisions; returns their spectra (K, d)."""
+        K = self.n_classes
         for name, t in (
             ("means", self.means),
             ("precisions", self.precisions),
@@ -212,11 +385,13 @@ class QuadraticCertifier:
             check_symmetric(self.precisions[k], f"precisions[{k}]")
         # Exact symmetry makes both orders of a pair share one eigendecomposition exactly.
         self.precisions = 0.5 * (self.precisions + self.precisions.transpose(1, 2))
-        if (torch.linalg.eigvalsh(self.precisions) <= 0).any():
+        spectra = torch.linalg.eigvalsh(self.precisions)
+        if (spectra <= 0).any():
             raise ValueError(
                 "every precision matrix must be positive definite; add shrinkage to the "
                 "covariances before inverting them"
             )
+        return spectra
 
     def _points(self, Z):
         Z = as_real_tensor(Z, "Z", self.device, self.dtype)
@@ -231,3 +406,91 @@ class QuadraticCertifier:
         if ((pred < 0) | (pred >= self.n_classes)).any():
             raise ValueError(f"pred must hold class indices in [0, {self.n_classes})")
         return pred
+
+
+class PairEigenbases:
+    """Eigendecompositions of ``A_ab = (P_b - P_a) / 2`` for the class pairs ``a < b``, indexed
+    row-major in the strict upper triangle.
+
+    All pairs are decomposed up front (batched) when their ``K (K - 1) / 2 (d^2 + d)`` numbers
+    fit in ``budget`` bytes; otherwise (K = 1000 at d = 64 would need 16 GiB) a pair is
+    decomposed when a round first needs it and kept in a least-recently-used cache of at most
+    ``budget`` bytes, and callers take the pairs of a round in :meth:`chunks` of half the cache.
+    The matrices themselves are rebuilt on demand (bitwise the same for both orders: x - y
+    rounds to exactly -(y - x)).
+    """
+
+    # Pairs decomposed per batched call (bounds the temporary (batch, d, d) matrices).
+    BATCH = 256
+
+    def __init__(self, precisions, budget):
+        self.precisions = precisions
+        K, d = precisions.shape[:2]
+        self.per_pair = (d * d + d) * torch.finfo(precisions.dtype).bits // 8
+        self.capacity = max(2, int(budget) // self.per_pair)
+        a, b = torch.triu_indices(K, K, offset=1, device=precisions.device)
+        self.first, self.second = a, b
+        self.complete = len(a) <= self.capacity
+        self.cache = OrderedDict()
+        if self.complete:
+            parts = [
+                self._decompose(a[s : s + self.BATCH], b[s : s + self.BATCH])
+                for s in range(0, len(a), self.BATCH)
+            ]
+            self.eigenvalues = torch.cat([p[0] for p in parts]) if parts else None
+            self.eigenvectors = torch.cat([p[1] for p in parts]) if parts else None
+
+    def _decompose(self, a, b):
+        return torch.linalg.eigh(0.5 * (self.precisions[b] - self.precisions[a]))
+
+    def lowest_eigenvalues(self):
+        """(lowest, scale), each (K, K): ``lambda_min(A_kj)`` and ``max |lambda(A_kj)|`` for
+        every ordered pair, or None unless every pair is decomposed. ``A_jk = -A_kj``, so the
+        lowest eigenvalue of the reversed order is minus the highest."""
+        if not self.complete:
+            return None
+        K = self.precisions.shape[0]
+        lowest = torch.zeros(K, K, dtype=self.precisions.dtype, device=self.precisions.device)
+        scale = torch.zeros_like(lowest)
+        if self.eigenvalues is not None:
+            low, high = self.eigenvalues[:, 0], self.eigenvalues[:, -1]
+            lowest[self.first, self.second] = low
+            lowest[self.second, self.first] = -high
+            magnitude = torch.maximum(low.abs(), high.abs())
+            scale[self.first, self.second] = magnitude
+            scale[self.second, self.first] = magnitude
+        return lowest, scale
+
+    def chunks(self, n_pairs):
+        """(first, last) ranges of a round's sorted distinct pairs that fit the cache."""
+        step = n_pairs if self.complete else max(1, self.capacity // 2)
+        return [(s, min(s + step, n_pairs)) for s in range(0, n_pairs, step)]
+
+    def get(self, pairs):
+        """(eigenvalues (U, d), eigenvectors [U x (d, d)], matrices [U x (d, d)], whether each
+        matrix is exactly zero [U]) of ``pairs``."""
+        index = pairs.tolist()
+        matrices = [
+            0.5 * (self.precisions[b] - self.precisions[a])
+            for a, b in zip(self.first[pairs].tolist(), self.second[pairs].tolist(), strict=True)
+        ]
+        # All eigenvalues exactly 0 <=> the matrix is exactly 0 (eigh maps 0 to exactly 0, and
+        # a nonzero symmetric matrix has an eigenvalue of at least its Frobenius norm / sqrt(d)).
+        if self.complete:
+            values = self.eigenvalues[pairs]
+            zero = (values == 0).all(-1).tolist()
+            return values, [self.eigenvectors[p] for p in index], matrices, zero
+        missing = [p for p in index if p not in self.cache]
+        for p in index:
+            if p in self.cache:
+                self.cache.move_to_end(p)
+        for s in range(0, len(missing), self.BATCH):
+            batch = torch.tensor(missing[s : s + self.BATCH], device=pairs.device)
+            values, vectors = self._decompose(self.first[batch], self.second[batch])
+            for p, lam, vec in zip(batch.tolist(), values, vectors, strict=True):
+                self.cache[p] = (lam, vec)
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)  # the least recently used; this round's are newest
+        entries = [self.cache[p] for p in index]
+        values = torch.stack([e[0] for e in entries])
+        return values, [e[1] for e in entries], matrices, (values == 0).all(-1).tolist()

@@ -12,11 +12,19 @@ the dual function
 
 with ``l_max = -1 / lam_min`` when ``lam_min < 0`` and ``+inf`` otherwise. By weak duality
 ``q(l) <= R(z)^2`` for EVERY ``l`` in that interval, and by the S-lemma ``sup q = R(z)^2``.
-``q`` is concave with ``q'(l) = h(y(l))``, which decreases strictly, so a bisection on the sign
-of ``h(y(l))`` brackets the maximiser. The radius is ``sqrt(q)`` at the lower end of the
-bracket; the "hard case" (``bt`` has no weight on the most negative eigenvector) needs no
-special branch for the radius, because then ``sup q`` is the limit at ``l_max``, and only the
-minimiser is completed by a step along that eigenvector.
+``q`` is concave with ``q'(l) = h(y(l))``, which decreases strictly, so a safeguarded Newton
+search on the sign of ``h(y(l))`` (bisection where Newton leaves the bracket) brackets the
+maximiser. The radius is ``sqrt(q)`` at the best multiplier evaluated (any ``l`` in the interval
+gives a lower bound); the search stops once the feasible end of the bracket proves that bound
+within a relative ``_GAP_ULPS (d + 2) eps`` of ``R(z)^2`` (see :func:`_search`). The "hard
+case" (``bt`` has no weight on the most negative eigenvector) needs no special branch for the
+radius, because then ``sup q`` is the limit at ``l_max``, and only the minimiser is completed by
+a step along that eigenvector.
+
+Batching: rows are flat (N,); the ``d x d`` work (into and out of each matrix's eigenbasis, and
+the witness check with the original matrix) is done per block of rows sharing a matrix
+(:class:`Blocks`), everything else is elementwise over rows, and rows leave the working set as
+soon as their search has converged.
 
 Floating-point safeguards (soundness first: a radius must never exceed the true distance):
 
@@ -39,20 +47,40 @@ from dataclasses import dataclass
 
 import torch
 
-from gmcert.certify.quadric_witness import choose_witness_and_cap, witness_candidates
+from gmcert.certify.quadric_witness import (
+    Candidate,
+    choose_witness_and_cap,
+    other_candidates,
+    regular_candidate,
+)
 
 __all__ = [
+    "Blocks",
     "QuadricDistance",
     "as_real_tensor",
     "check_symmetric",
     "distance_to_quadric",
+    "solve_in_blocks",
     "solve_local_quadric",
 ]
 
-# Bisection stops earlier once every bracket is two adjacent floats; this only caps pathologies
-# (a root within a few ulp of zero needs about 1100 halvings of l_max).
+# The search stops earlier once every row has converged or its bracket is two adjacent floats;
+# this only caps pathologies (a root within a few ulp of zero needs about 1100 halvings of l_max).
 _MAX_BISECTIONS = 1200
 _MAX_DOUBLINGS = 1100
+# Convergence: ||y(hi)||^2 - max q <= _GAP_ULPS (d + 2) eps max q, i.e. the radius is known to a
+# relative 1 (d + 2) eps (about 6e-14 at d = 256), far below the 1e-9 the tests ask for.
+_GAP_ULPS = 2
+# Newton steps go this fraction further than Newton says, so that near the root consecutive
+# iterates fall on both sides of it and the bracket closes from both ends.
+_OVERSHOOT = 1e-3
+# A row whose bracket shrank by less than this factor over two Newton steps bisects next; rarer
+# bisection measured faster (Newton from one side near a pole is slow but still shrinks).
+_STALL = 0.99
+# Products with the blocks' d x d matrices loop over blocks up to this many blocks, and are one
+# batched product over per-row copies beyond (many small blocks: large K), within this memory.
+_LOOP_BLOCKS = 64
+_GATHER_BYTES = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -149,6 +177,110 @@ def solve_local_quadric(
                 f"{name} must have shape {shape} to match gradients (P, n, d) = "
                 f"{(P, n, d)}, got {tuple(given[name].shape)}"
             )
+    if value_scale is None:
+        value_scale = values.abs()
+    if gradient_scale is None:
+        gradient_scale = torch.linalg.vector_norm(gradients, dim=-1)
+    out = solve_in_blocks(
+        values.reshape(P * n),
+        gradients.reshape(P * n, d),
+        eigenvalues.repeat_interleave(n, dim=0),
+        Blocks([p * n for p in range(P + 1)], eigenvectors, matrices),
+        value_scale=value_scale.reshape(P * n),
+        gradient_scale=gradient_scale.reshape(P * n),
+    )
+    return QuadricDistance(
+        out.radius.reshape(P, n), out.delta.reshape(P, n, d), out.witness_verified.reshape(P, n)
+    )
+
+
+class Blocks:
+    """The constraint matrices of a flat batch of rows: block ``b`` owns the consecutive rows
+    ``offsets[b]:offsets[b + 1]``, and row ``i``'s matrix is ``sign[i] * matrices[b]``, whose
+    eigenvectors (columns) are ``eigenvectors[b]`` for either sign (a class pair serves both of
+    its orders: ``A_kj = -A_jk``). Only the per-block products below touch a ``d x d`` matrix;
+    everything else in the solver is elementwise over rows."""
+
+    def __init__(self, offsets, eigenvectors, matrices, sign=None, zero=None):
+        self.offsets = [int(o) for o in offsets]
+        self.eigenvectors = eigenvectors
+        self.matrices = matrices
+        self.sign = sign
+        self.zero = zero  # per block, whether its matrix is exactly zero (None: look)
+
+    def spans(self):
+        """(block, first row, end row) of every non-empty block."""
+        for b in range(len(self.offsets) - 1):
+            start, stop = self.offsets[b], self.offsets[b + 1]
+            if stop > start:
+                yield b, start, stop
+
+    def take(self, rows):
+        """The blocks of the rows ``rows`` (increasing indices), renumbered from 0."""
+        bounds = torch.tensor(self.offsets, device=rows.device)
+        offsets = torch.searchsorted(rows, bounds).tolist()
+        sign = None if self.sign is None else self.sign[rows]
+        return Blocks(offsets, self.eigenvectors, self.matrices, sign, self.zero)
+
+    def _per_row(self, source, x):
+        """(N, d, d): each row's block matrix from ``source``, where many small blocks make one
+        batched product cheaper than a loop over blocks (memory permitting); else None."""
+        spans = list(self.spans())
+        n, d = x.shape
+        if len(spans) <= _LOOP_BLOCKS or n * d * d * x.element_size() > _GATHER_BYTES:
+            return None
+        counts = torch.tensor([stop - start for _, start, stop in spans], device=x.device)
+        stacked = torch.stack([source[b] for b, _, _ in spans])
+        return stacked.repeat_interleave(counts, dim=0)
+
+    def _times(self, source, x, *, transpose=False):
+        """(N, d): each row of ``x`` times its block's matrix from ``source``."""
+        per_row = self._per_row(source, x)
+        if per_row is not None:
+            per_row = per_row.transpose(1, 2) if transpose else per_row
+            return torch.bmm(x[:, None, :], per_row)[:, 0]
+        out = torch.empty_like(x)
+        for b, start, stop in self.spans():
+            matrix = source[b].T if transpose else source[b]
+            out[start:stop] = x[start:stop] @ matrix
+        return out
+
+    def to_eigen(self, x):
+        """(N, d): each row in its block's eigenbasis, ``V^T x``."""
+        return self._times(self.eigenvectors, x)
+
+    def from_eigen(self, y):
+        """(N, d): each row back from its block's eigenbasis, ``V y``."""
+        return self._times(self.eigenvectors, y, transpose=True)
+
+    def quad_form(self, delta):
+        """(N,) ``delta^T A delta`` with each row's original (signed) matrix."""
+        out = (self._times(self.matrices, delta) * delta).sum(-1)
+        # Negating is exact, so this equals the product with the negated matrix bitwise.
+        return out if self.sign is None else self.sign * out
+
+    def abs_quad_form(self, delta):
+        """(N,) ``|delta|^T |A| |delta|``, the magnitude of the summands of :meth:`quad_form`."""
+        magnitudes = [m.abs() for m in self.matrices]
+        return (self._times(magnitudes, delta.abs()) * delta.abs()).sum(-1)
+
+    def zero_matrix(self, n_rows, device):
+        """(N,) True for the rows whose matrix is exactly zero."""
+        out = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        for b, start, stop in self.spans():
+            if self.zero[b] if self.zero is not None else not self.matrices[b].any():
+                out[start:stop] = True
+        return out
+
+
+def solve_in_blocks(
+    values, gradients, eigenvalues, blocks, *, value_scale=None, gradient_scale=None
+) -> QuadricDistance:
+    """Flat core: row ``i`` is ``min ||delta||`` s.t. ``values[i] + gradients[i] . delta +
+    delta^T A_i delta <= 0`` with ``A_i`` given by ``blocks`` (:class:`Blocks`) and its
+    eigenvalues ``eigenvalues[i]`` (already signed). Shapes: values (N,), gradients (N, d),
+    eigenvalues (N, d); the result has radius (N,), delta (N, d), witness_verified (N,)."""
+    N, d = gradients.shape
     eps = torch.finfo(gradients.dtype).eps
     if value_scale is None:
         value_scale = values.abs()
@@ -158,23 +290,27 @@ def solve_local_quadric(
     grad_norm = torch.linalg.vector_norm(gradients, dim=-1)
     gradient_err = 4 * (d + 2) * eps * (gradient_scale + grad_norm)
 
-    linear = (matrices == 0).flatten(1).all(1)
+    linear = blocks.zero_matrix(N, gradients.device)
     radius = torch.empty_like(values)
     delta = torch.empty_like(gradients)
     verified = torch.empty_like(values, dtype=torch.bool)
     for mask, solver in ((linear, _solve_linear), (~linear, _solve_quadratic)):
         if not mask.any():
             continue
+        if mask.all():
+            r, dl, ok = solver(values, gradients, eigenvalues, blocks, value_err, gradient_err)
+            radius, delta, verified = r, dl, ok
+            continue
+        rows = mask.nonzero().squeeze(-1)
         r, dl, ok = solver(
-            values[mask],
-            gradients[mask],
-            matrices[mask],
-            eigenvalues[mask],
-            eigenvectors[mask],
-            value_err[mask],
-            gradient_err[mask],
+            values[rows],
+            gradients[rows],
+            eigenvalues[rows],
+            blocks.take(rows),
+            value_err[rows],
+            gradient_err[rows],
         )
-        radius[mask], delta[mask], verified[mask] = r, dl, ok
+        radius[rows], delta[rows], verified[rows] = r, dl, ok
 
     inside = values <= 0
     radius = torch.where(inside, torch.zeros_like(radius), radius)
@@ -183,7 +319,7 @@ def solve_local_quadric(
     return QuadricDistance(radius, delta, verified)
 
 
-def _solve_linear(values, gradients, matrices, eigenvalues, eigenvectors, value_err, gradient_err):
+def _solve_linear(values, gradients, eigenvalues, blocks, value_err, gradient_err):
     """A = 0: the distance to a half-space, ``g(z) / ||grad||``."""
     d = gradients.shape[-1]
     eps = torch.finfo(values.dtype).eps
@@ -196,11 +332,11 @@ def _solve_linear(values, gradients, matrices, eigenvalues, eigenvectors, value_
     radius = torch.where(never, torch.full_like(radius, math.inf), radius)
     delta = torch.where(never[..., None], torch.full_like(delta, math.nan), delta)
     no_curvature = torch.zeros_like(values)
+    rows = torch.arange(len(values), device=values.device)
     return choose_witness_and_cap(
         values,
         gradients,
-        matrices,
-        delta[None],
+        [Candidate(rows, delta, values, gradients, blocks)],
         radius,
         never,
         no_curvature,
@@ -209,11 +345,9 @@ def _solve_linear(values, gradients, matrices, eigenvalues, eigenvectors, value_
     )
 
 
-def _solve_quadratic(
-    values, gradients, matrices, eigenvalues, eigenvectors, value_err, gradient_err
-):
-    """Dual bisection in the eigenbasis (module docstring); all inputs batched over (P, n)."""
-    P, n, d = gradients.shape
+def _solve_quadratic(values, gradients, eigenvalues, blocks, value_err, gradient_err):
+    """Dual search in the eigenbasis (module docstring); all inputs flat over rows (N,)."""
+    N, d = gradients.shape
     eps = torch.finfo(values.dtype).eps
     gz = torch.where(values > 0, values, torch.ones_like(values))  # rows <= 0 are reset later
 
@@ -221,24 +355,14 @@ def _solve_quadratic(
     lam = eigenvalues - eta[:, None]
     lam = torch.where(lam == 0, -eta[:, None], lam)  # keep every eigenvalue away from exactly 0
     lam_min, i_min = lam.min(-1)
-    indefinite = (lam_min < 0)[:, None].expand(P, n)
-    bt = gradients @ eigenvectors
-    curv = lam[:, None, :]
-
-    # mult / (1 + mult lam) is formed first so that a huge multiplier cannot overflow.
-    def minimiser(mult):
-        return -0.5 * (mult[..., None] / (1 + mult[..., None] * curv)) * bt
-
-    def constraint_of(y):  # h(y) in eigen-coordinates, y (P, n, d)
-        return gz + (y * (curv * y + bt)).sum(-1)
+    indefinite = lam_min < 0
+    bt = blocks.to_eigen(gradients)
+    curv = lam
 
     def constraint_at(mult):  # h(y(l)) = q'(l), strictly decreasing in the multiplier l
-        return constraint_of(minimiser(mult))
-
-    def dual_terms(mult):  # (q(l), the subtracted sum), the latter for the error estimate
-        ratio = mult[..., None] / (1 + mult[..., None] * curv)
-        subtracted = 0.25 * mult * (bt**2 * ratio).sum(-1)
-        return mult * gz - subtracted, subtracted
+        # mult / (1 + mult lam) is formed first so that a huge multiplier cannot overflow.
+        y = -0.5 * (mult[..., None] / (1 + mult[..., None] * curv)) * bt
+        return gz + (y * (curv * y + bt)).sum(-1)
 
     # Definite A: the set is empty iff min h = h(-bt / (2 lam)) > 0; claim it only beyond the
     # rounding error, otherwise fall through to the (always sound) dual bound.
@@ -247,33 +371,36 @@ def _solve_quadratic(
     empty = ~indefinite & (lowest_value > lowest_err)
 
     lo, hi, hi_ok = _initial_bracket(gz, bt, lam_min, indefinite, empty, constraint_at)
-    lo, hi, hi_ok = _bisect(lo, hi, hi_ok, lam_min, constraint_at, eps)
-
-    q_lo, subtracted = dual_terms(lo)
-    y_lo = minimiser(lo)
-    q_err = (
-        lo * value_err
-        + lo * torch.linalg.vector_norm(y_lo, dim=-1) * gradient_err
-        + 8 * (d + 2) * eps * (lo * gz + subtracted)
+    lo, hi, hi_ok, dual, tight = _search(
+        gz, bt, curv, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps
     )
-    radius = (q_lo - q_err).clamp(min=0).sqrt() * (1 - 8 * d * eps)
+    radius = dual.clamp(min=0).sqrt() * (1 - 8 * d * eps)
     radius = torch.where(empty, torch.full_like(radius, math.inf), radius)
 
-    ys = witness_candidates(
-        lo, hi, hi_ok, indefinite, empty, lam_min, i_min, curv, bt, minimiser, constraint_of
-    )
-    deltas = ys @ eigenvectors.transpose(-1, -2)
-    negative_curvature = (-lam_min).clamp(min=0)[:, None].expand(P, n)
+    def to_original(rows, y):
+        return Candidate(rows, blocks.take(rows).from_eigen(y), values, gradients, blocks)
+
+    # The regular witness first: rows where it verifies and the search proved it within its
+    # tolerance of the optimum need no other candidate.
+    candidates = []
+    regular = regular_candidate(hi, hi_ok, curv, bt)
+    settled = torch.zeros_like(hi_ok)
+    if regular is not None:
+        candidates.append(to_original(*regular))
+        rows = candidates[0].rows
+        settled[rows] = tight[rows] & (candidates[0].exact(1.0) <= 0)
+    others = other_candidates(lo, hi_ok, indefinite, empty, settled, lam_min, i_min, curv, bt, gz)
+    candidates += [to_original(rows, y) for rows, y in others]
+    negative_curvature = (-lam_min).clamp(min=0)
     return choose_witness_and_cap(
         values,
         gradients,
-        matrices,
-        deltas,
+        candidates,
         radius,
         empty,
         negative_curvature,
         value_err,
-        relaxation=eta[:, None].expand(P, n),
+        relaxation=eta,
     )
 
 
@@ -284,7 +411,7 @@ def _initial_bracket(gz, bt, lam_min, indefinite, empty, constraint_at):
     ``l_lin = 2 g / ||bt||^2`` a lower end; the upper end is found by doubling. ``hi_ok``
     marks brackets whose upper end is a valid point with ``h(y(hi)) <= 0``.
     """
-    l_max = (-1 / lam_min)[:, None].expand_as(gz)
+    l_max = -1 / lam_min
     bt_sq = (bt**2).sum(-1)
     l_lin = torch.where(bt_sq > 0, 2 * gz / bt_sq, torch.ones_like(gz))
     lo = torch.where(indefinite, torch.zeros_like(gz), l_lin)
@@ -302,23 +429,120 @@ def _initial_bracket(gz, bt, lam_min, indefinite, empty, constraint_at):
     return lo, hi, hi_ok
 
 
-def _bisect(lo, hi, hi_ok, lam_min, constraint_at, eps):
-    """Bisection on the sign of ``h(y(l))``; a midpoint whose smallest ``1 + l lam`` is within
-    rounding of 0 is treated as beyond the pole, so ``lo`` always has a positive-definite
-    ``I + lo A`` (which weak duality needs)."""
+def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
+    """Safeguarded Newton on ``h(y(l)) = q'(l)`` inside the bracket; returns the final
+    ``lo, hi, hi_ok``, per row the best dual lower bound on ``R^2`` found (``q(l)`` less its
+    rounding-error estimate, maximised over every multiplier evaluated), and ``tight``: the rows
+    that stopped on the ``_GAP`` test (their ``y(hi)`` is within it of the optimum).
+
+    Weak duality makes ``q(l) <= R^2`` at EVERY ``l`` with ``I + l A`` positive definite, so any
+    evaluated point may supply the radius, on either side of the root. A row stops when
+    ``||y(hi)||^2 - max q <= _GAP q``: ``y(hi)`` is feasible, so ``R^2`` lies between the two and
+    the radius is within ``_GAP / 2`` (relative) of ``sqrt(sup q)``; or when its bracket is two
+    adjacent floats (the only stop of a bracket without a feasible end, the hard case). Newton
+    steps overshoot by ``_OVERSHOOT`` of the step, so that near the root they land on
+    alternate sides and tighten both ends; a step leaving the bracket, or one after two steps
+    that hardly shrank it (``_STALL``), is a bisection. A midpoint
+    whose smallest ``1 + l lam`` is within rounding of 0 is treated as beyond the pole, so every
+    ``l`` that supplies a bound has a positive-definite ``I + l A``.
+    """
+    N, d = bt.shape
+    gap = _GAP_ULPS * (d + 2) * eps
+    err_unit = 8 * (d + 2) * eps
+
+    def evaluate(mult, bt_sq, lam, gz, value_err, gradient_err):
+        """h(y(l)), h'(l), q(l), ||y(l)||^2 and q(l) less its rounding-error estimate.
+
+        With ``r_i = l / (1 + l lam_i)`` and ``w_i = bt_i^2``: ``y_i = -r_i bt_i / 2``,
+        ``||y||^2 = sum r_i^2 w_i / 4``, ``h = g + sum (lam_i r_i^2 / 4 - r_i / 2) w_i``,
+        ``h' = -sum w_i / (2 (1 + l lam_i)^3)`` and ``q = l g - l sum r_i w_i / 4``.
+        """
+        scaled = torch.addcmul(torch.ones_like(lam), mult[:, None], lam)
+        ratio = mult[:, None] / scaled
+        weighted = ratio * bt_sq
+        weighted_sq = ratio * weighted
+        linear = weighted.sum(-1)
+        y_sq = 0.25 * weighted_sq.sum(-1)
+        h = gz + (0.25 * (lam * weighted_sq).sum(-1) - 0.5 * linear)
+        slope = -0.5 * (bt_sq / (scaled * scaled * scaled)).sum(-1)
+        subtracted = 0.25 * mult * linear
+        q = mult * gz - subtracted
+        q_err = (
+            mult * value_err
+            + mult * y_sq.sqrt() * gradient_err
+            + err_unit * (mult * gz + subtracted)
+        )
+        return h, slope, q, y_sq, q - q_err
+
+    bt_sq = bt**2
+    inputs = {
+        "bt_sq": bt_sq,
+        "lam": lam,
+        "gz": gz,
+        "value_err": value_err,
+        "gradient_err": gradient_err,
+    }
+    h_lo, slope_lo, q_lo, _, dual = evaluate(lo, **inputs)
+    h_hi, _, q_hi, y_sq_hi, dual_hi = evaluate(torch.where(hi_ok, hi, lo), **inputs)
+    state = {
+        "lo": lo,
+        "hi": hi,
+        "hi_ok": hi_ok,
+        "x": lo,
+        "h_x": h_lo,
+        "slope_x": slope_lo,
+        "best_q": torch.where(hi_ok, torch.maximum(q_lo, q_hi), q_lo),
+        "dual": torch.where(hi_ok, torch.maximum(dual, dual_hi), dual),
+        "witness_sq": torch.where(hi_ok, y_sq_hi, math.inf),
+        "lam_min": lam_min,
+        "width_1": hi - lo,  # bracket widths one and two steps ago
+        "width_2": hi - lo,
+    }
+    state.update(inputs)
+    full = {
+        key: state[key].clone() for key in ("lo", "hi", "hi_ok", "dual", "best_q", "witness_sq")
+    }
+    rows = torch.arange(N, device=gz.device)
     for _ in range(_MAX_BISECTIONS):
-        mid = lo + 0.5 * (hi - lo)
-        open_ = (mid > lo) & (mid < hi)
-        if not open_.any():
-            break
-        valid = (1 + mid * lam_min[:, None]) > 4 * eps
-        positive = valid & (constraint_at(torch.where(valid, mid, lo)) > 0)
-        go_right = open_ & positive
-        go_left = open_ & ~positive
-        lo = torch.where(go_right, mid, lo)
-        hi = torch.where(go_left, mid, hi)
-        hi_ok = torch.where(go_left, valid, hi_ok)
-    return lo, hi, hi_ok
+        s = state
+        mid = s["lo"] + 0.5 * (s["hi"] - s["lo"])
+        open_ = (mid > s["lo"]) & (mid < s["hi"])
+        tight = s["hi_ok"] & (s["witness_sq"] - s["best_q"] <= gap * s["best_q"])
+        running = open_ & ~tight
+        n_running = int(running.sum())
+        if n_running < len(rows):
+            for key in full:  # finished rows leave the working set
+                full[key][rows] = s[key]
+            if n_running == 0:
+                break
+            keep = running.nonzero().squeeze(-1)
+            rows = rows[keep]
+            state = s = {key: value[keep] for key, value in s.items()}
+            mid = mid[keep]
+        newton = s["x"] - (1 + _OVERSHOOT) * s["h_x"] / s["slope_x"]
+        width = s["hi"] - s["lo"]
+        stalled = width > _STALL * s["width_2"]
+        s["width_2"], s["width_1"] = s["width_1"], width
+        use_newton = (newton > s["lo"]) & (newton < s["hi"]) & ~stalled
+        trial = torch.where(use_newton, newton, mid)
+        valid = (1 + trial * s["lam_min"]) > 4 * eps
+        at = torch.where(valid, trial, s["lo"])
+        h, slope, q, y_sq, dual = evaluate(at, **{key: s[key] for key in inputs})
+        positive = valid & (h > 0)
+        s["lo"] = torch.where(positive, trial, s["lo"])
+        s["hi"] = torch.where(positive, s["hi"], trial)
+        s["hi_ok"] = torch.where(positive, s["hi_ok"], valid)
+        s["witness_sq"] = torch.where(positive, s["witness_sq"], torch.where(valid, y_sq, math.inf))
+        s["best_q"] = torch.where(valid, torch.maximum(s["best_q"], q), s["best_q"])
+        s["dual"] = torch.where(valid, torch.maximum(s["dual"], dual), s["dual"])
+        s["x"] = torch.where(valid, trial, s["x"])
+        s["h_x"] = torch.where(valid, h, s["h_x"])
+        s["slope_x"] = torch.where(valid, slope, s["slope_x"])
+    else:
+        for key in full:
+            full[key][rows] = state[key]
+    tight = full["hi_ok"] & (full["witness_sq"] - full["best_q"] <= gap * full["best_q"])
+    return full["lo"], full["hi"], full["hi_ok"], full["dual"], tight
 
 
 def check_symmetric(M, name):
