@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gmcert.config import register_configs
 
@@ -22,6 +22,21 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
 register_configs()
+
+
+def config_choices() -> str:
+    """``group: option, ...`` per config group, for ``gmcert-run --help``: the options a user
+    can choose, without the typed schemas (``schema_*``) the options are checked against."""
+    root, lines = Path(CONFIG_DIR), []
+    groups = [p for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "local")]
+    for group in sorted([*groups, root / "hydra" / "launcher"]):
+        names = sorted(f.stem for f in group.glob("*.yaml") if not f.stem.startswith("schema_"))
+        if names:
+            lines.append(f"{group.relative_to(root).as_posix()}: {', '.join(names)}")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("gmcert_choices", config_choices, replace=True)
 
 
 def run_job(cfg: DictConfig) -> dict | None:

@@ -1,0 +1,39 @@
+"""What a new user sees first: ``gmcert-run --help`` names the program and lists only the
+options one can choose."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from gmcert.cli import CONFIG_DIR, config_choices
+
+
+def test_help_names_the_program_and_lists_choosable_options_only():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    assert cfg.hydra.help.app_name == "gmcert-run"
+    text = cfg.hydra.help.template  # resolves ${gmcert_choices:}
+    assert text.startswith("gmcert-run: ")
+    choices = dict(line.split(": ", 1) for line in config_choices().splitlines())
+    assert "schema_" not in text and "schema_" not in config_choices()
+    assert {"fashion_mnist", "digits", "arrays"} <= set(choices["dataset"].split(", "))
+    assert "lipschitz" in choices["encoder"].split(", ")
+    assert choices["hydra/launcher"] == "site_slurm"
+    for group, options in choices.items():
+        assert f"{group}: {options}" in text
+
+
+@pytest.mark.slow
+def test_help_from_the_command_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "gmcert.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("gmcert-run: ") and "schema_" not in proc.stdout
+    assert "powered by Hydra" not in proc.stdout and "cli " not in proc.stdout
