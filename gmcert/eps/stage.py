@@ -133,7 +133,7 @@ def calibration_summary(result: dict) -> list[str]:
             continue
         lines.append(
             f"  {name}: raw {v['raw']:.4g}{interval(v['raw_ci_low'], v['raw_ci_high'])}, "
-            f"null {v['null_mean']:.4g} +- {v['null_std']:.2g}, corrected "
+            f"null {v['null_mean']:.3g} +- {v['null_std']:.2g}, corrected "
             f"{v['corrected']:.4g}{interval(v['ci_low'], v['ci_high'])}"
         )
         if not v["resolves"]:
