@@ -90,7 +90,7 @@ def run_job(cfg: DictConfig) -> dict | None:
             f"{attack['seconds']:.1f} s; median certified / attack radius "
             f"{attack['tightness_median'] or float('nan'):.3f}; no attack beat a certificate"
         )
-    for name, s in (attack.get("smoothing") or {}).items():
+    for name, s in attack.get("smoothing", {}).items():
         print(
             f"attacked: {s['points']:,} {name} points (smoothed classifier, PGD then PREDICT "
             f"with n={s['predict_n']:,}), {s['seconds']:.1f} s; median certified / attack "

@@ -25,6 +25,7 @@ from gmcert.attack.smoothing import (
 from gmcert.attack.stage import UnsoundCertificate
 from gmcert.certify.methods import Smoothing
 from gmcert.certify.smoothing import ABSTAIN, SmoothedClassifier
+from gmcert.cli import run_job
 from gmcert.denoisers.batched import BatchedDenoiser
 from gmcert.pipeline import run
 
@@ -163,7 +164,7 @@ def test_sigma_doubled_in_the_radius_is_caught_and_written(make_cfg, monkeypatch
     assert json.loads((out / "smoothing_flips.json").read_text()) == violations
 
 
-def test_smoothing_attack_options_are_checked_and_can_be_turned_off(make_cfg):
+def test_smoothing_attack_options_are_checked_and_can_be_turned_off(make_cfg, capsys):
     with pytest.raises(ValueError, match="attack.smoothing_samples"):
         run(make_cfg(*QUICK, "attack.smoothing_samples=0"))
     cfg = make_cfg(*QUICK, "attack.smoothing=false")
@@ -171,3 +172,11 @@ def test_smoothing_attack_options_are_checked_and_can_be_turned_off(make_cfg):
     metrics = run(cfg)
     assert metrics["attack"] is None  # nothing else in certify.methods to attack
     assert "empirical_robust_accuracy" not in _table(cfg)
+    both = make_cfg(*QUICK, "certify.methods=[closed_form,smoothing_gmm]", "attack.smoothing=false")
+    both.paths.output_dir += "-closed-form-only"
+    metrics = run_job(both)
+    assert metrics["attack"]["method"] == "closed_form" and metrics["attack"]["smoothing"] == {}
+    table = _table(both).set_index("method")
+    assert table.loc["closed_form", "empirical_robust_accuracy"].notna().all()
+    assert table.loc["smoothing_gmm", "empirical_robust_accuracy"].isna().all()
+    assert "closed_form points attacked" in capsys.readouterr().out

@@ -124,9 +124,7 @@ def add_empirical_robust_accuracy(table: pd.DataFrame, predictions: pd.DataFrame
             entry.update(summary)
         else:
             smoothing[attacked.method] = {**summary, **details}
-    entry["smoothing"] = smoothing or (
-        "not attacked (attack.smoothing=false, or no smoothing method in certify.methods)"
-    )
+    entry["smoothing"] = smoothing  # empty: attack.smoothing=false, or no smoothing method
     return entry
 
 
