@@ -12,8 +12,8 @@ so it is ``g`` that is attacked, in l2 (the certificate's norm), in two parts:
    in inference mode, without gradients) the gradient passes it as the identity (BPDA,
    Athalye et al. 2018); PREDICT below still runs the real base.
 2. *Minimum norm along it*: PREDICT (Cohen et al.'s, ``SmoothedClassifier.predict_batch``,
-   with certify.n and certify.alpha unless set) at ``x``, then at growing scales of the
-   direction until the prediction is lost, then at the certified radius, then bisection on
+   with certify.n and certify.alpha unless set) at growing scales of the direction (from
+   the PGD budget) until the prediction is lost, then at the certified radius, then bisection on
    the scale. Every call draws fresh noise, independent of CERTIFY's (streams of the point's
    own key that CERTIFY never uses). The attack radius is the smallest scale found at which
    PREDICT does not return the certified class: **an abstention counts as losing it** (not
@@ -312,8 +312,8 @@ class _Search:
     def run(self, budget, certified, inside, options) -> tuple[np.ndarray, np.ndarray]:
         """Per point the smallest scale found where PREDICT loses the target (inf: none), and
         the smallest scale strictly ``inside`` the certified radius where PREDICT returned
-        another class (NaN: none). Scales: 0, then ``budget`` doubled until the target is
-        lost, then the ``certified`` radius, then ``attack.smoothing_search`` bisections."""
+        another class (NaN: none). Scales: ``budget``, doubled until the target is lost,
+        then the ``certified`` radius, then ``attack.smoothing_search`` bisections."""
         m = len(self.target)
         lo, hi = np.zeros(m), np.full(m, np.inf)
         flip = np.full(m, np.nan)
@@ -331,8 +331,8 @@ class _Search:
             hi[rows[lost]] = at[lost]
             lo[rows[~lost]] = at[~lost]
 
-        every = np.arange(m)
-        hi[check(every, np.zeros(m))] = 0.0
+        # No call at x itself: CERTIFY found cA there, and where PREDICT would abstain at x
+        # the bisection below closes in on 0 anyway (one call a point saved, an eighth).
         scale = budget.copy()
         for _ in range(EXPANSIONS + 1):
             rows = np.flatnonzero(np.isinf(hi))
