@@ -84,7 +84,7 @@ class QuadraticCertifier:
 
     Pairs that cannot decide a point's radius are not solved (``prune``): every rival ``j`` gets
     the cheap lower bound of :meth:`_lower_bounds` on its distance; rivals are solved exactly in
-    rounds of 1, 4, 16, ... in increasing order of that bound, and a rival whose bound exceeds
+    rounds of 1, 15, 60, 240, ... in increasing order of that bound, and a rival whose bound exceeds
     the smallest radius solved so far (by the relative ``PRUNE_MARGIN``) is skipped, with all
     rivals after it. A skipped pair's true distance is at least its bound, hence larger than a
     radius already found, so it cannot lower the minimum (docs/theory.md section 3.2,
@@ -237,7 +237,8 @@ class QuadraticCertifier:
                 point, pred[point], rival, values[rival, point], gradients[rival, point], centred
             )
             self._keep_smallest(point, rival, r, dl, ok, radius, delta, nearest, verified)
-            start, width = stop, 4 * width
+            # Second round: up to 15 more rivals (all of them at K <= 16), then 4x larger.
+            start, width = stop, 15 if start == 0 else 4 * width
         return pred, radius, delta, nearest, verified
 
     @staticmethod
@@ -335,25 +336,21 @@ class QuadraticCertifier:
     def _magnitudes(self, point, k, j, centred):
         """Per item, the magnitudes of the summands of ``g`` and of its gradient (the solver's
         rounding-error estimate): ``sum_c |w_c| + |c|^T |P_c| |c| / 2`` and ``sum_c || |P_c|
-        |c| ||`` over the item's two classes. One product per class, over all its items."""
+        |c| ||`` over the item's two classes. One batched product over the classes involved,
+        each class's rows padded to the largest count."""
         n_items = len(point)
         cls, pts = torch.cat([k, j]), torch.cat([point, point])
-        order = cls.argsort(stable=True)
-        cls, pts = cls[order], pts[order]
-        classes, counts = torch.unique_consecutive(cls, return_counts=True)
-        score = torch.empty(2 * n_items, dtype=self.dtype, device=self.device)
-        norm = torch.empty_like(score)
-        start = 0
-        for c, count in zip(classes.tolist(), counts.tolist(), strict=True):
-            rows = slice(start, start + count)
-            absolute = centred[c, pts[rows]].abs()
-            pulled = absolute @ self._abs_precisions[c]
-            score[rows] = (pulled * absolute).sum(-1)
-            norm[rows] = torch.linalg.vector_norm(pulled, dim=-1)
-            start += count
-        score = self.log_weights.abs()[cls] + 0.5 * score
-        back = order.argsort()
-        score, norm = score[back], norm[back]
+        classes, slot, counts = torch.unique(cls, return_inverse=True, return_counts=True)
+        order = slot.argsort(stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(order), device=self.device) - starts[slot[order]]
+        padded = centred.new_zeros((len(classes), int(counts.max()), self.dim))
+        absolute = centred[cls, pts].abs()
+        padded[slot, position] = absolute
+        pulled = torch.bmm(padded, self._abs_precisions[classes])[slot, position]
+        score = self.log_weights.abs()[cls] + 0.5 * (pulled * absolute).sum(-1)
+        norm = torch.linalg.vector_norm(pulled, dim=-1)
         return score[:n_items] + score[n_items:], norm[:n_items] + norm[n_items:]
 
     def _check_shapes(self):
@@ -440,6 +437,12 @@ class PairEigenbases:
             self.eigenvalues = torch.cat([p[0] for p in parts]) if parts else None
             self.eigenvectors = torch.cat([p[1] for p in parts]) if parts else None
 
+    def matrices(self, pairs):
+        """[U x (d, d)]: ``A_ab`` of ``pairs``, rebuilt (cheaper than keeping K^2 / 2 of them)."""
+        first, second = self.first[pairs], self.second[pairs]
+        built = 0.5 * (self.precisions[second] - self.precisions[first])
+        return list(built)
+
     def _decompose(self, a, b):
         return torch.linalg.eigh(0.5 * (self.precisions[b] - self.precisions[a]))
 
@@ -470,10 +473,7 @@ class PairEigenbases:
         """(eigenvalues (U, d), eigenvectors [U x (d, d)], matrices [U x (d, d)], whether each
         matrix is exactly zero [U]) of ``pairs``."""
         index = pairs.tolist()
-        matrices = [
-            0.5 * (self.precisions[b] - self.precisions[a])
-            for a, b in zip(self.first[pairs].tolist(), self.second[pairs].tolist(), strict=True)
-        ]
+        matrices = self.matrices(pairs)
         # All eigenvalues exactly 0 <=> the matrix is exactly 0 (eigh maps 0 to exactly 0, and
         # a nonzero symmetric matrix has an eigenvalue of at least its Frobenius norm / sqrt(d)).
         if self.complete:

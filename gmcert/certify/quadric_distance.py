@@ -50,6 +50,7 @@ import torch
 from gmcert.certify.quadric_witness import (
     Candidate,
     choose_witness_and_cap,
+    first_root,
     other_candidates,
     regular_candidate,
 )
@@ -80,6 +81,8 @@ _STALL = 0.99
 # Products with the blocks' d x d matrices loop over blocks up to this many blocks, and are one
 # batched product over per-row copies beyond (many small blocks: large K), within this memory.
 _LOOP_BLOCKS = 64
+# The search's working set is compacted once at most this fraction of it is still running.
+_COMPACT = 0.7
 _GATHER_BYTES = 64 * 1024**2
 
 
@@ -359,10 +362,11 @@ def _solve_quadratic(values, gradients, eigenvalues, blocks, value_err, gradient
     bt = blocks.to_eigen(gradients)
     curv = lam
 
-    def constraint_at(mult):  # h(y(l)) = q'(l), strictly decreasing in the multiplier l
+    def constraint_at(mult, rows):  # h(y(l)) = q'(l) of the rows ``rows``, decreasing in l
         # mult / (1 + mult lam) is formed first so that a huge multiplier cannot overflow.
-        y = -0.5 * (mult[..., None] / (1 + mult[..., None] * curv)) * bt
-        return gz + (y * (curv * y + bt)).sum(-1)
+        c, b = curv[rows], bt[rows]
+        y = -0.5 * (mult[..., None] / (1 + mult[..., None] * c)) * b
+        return gz[rows] + (y * (c * y + b)).sum(-1)
 
     # Definite A: the set is empty iff min h = h(-bt / (2 lam)) > 0; claim it only beyond the
     # rounding error, otherwise fall through to the (always sound) dual bound.
@@ -371,7 +375,7 @@ def _solve_quadratic(values, gradients, eigenvalues, blocks, value_err, gradient
     empty = ~indefinite & (lowest_value > lowest_err)
 
     lo, hi, hi_ok = _initial_bracket(gz, bt, lam_min, indefinite, empty, constraint_at)
-    lo, hi, hi_ok, dual, tight = _search(
+    lo, hi, hi_ok, dual, witness, tight = _search(
         gz, bt, curv, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps
     )
     radius = dual.clamp(min=0).sqrt() * (1 - 8 * d * eps)
@@ -383,13 +387,17 @@ def _solve_quadratic(values, gradients, eigenvalues, blocks, value_err, gradient
     # The regular witness first: rows where it verifies and the search proved it within its
     # tolerance of the optimum need no other candidate.
     candidates = []
-    regular = regular_candidate(hi, hi_ok, curv, bt)
+    regular = regular_candidate(*witness, hi, hi_ok, curv, bt, gz, eta)
     settled = torch.zeros_like(hi_ok)
     if regular is not None:
         candidates.append(to_original(*regular))
         rows = candidates[0].rows
-        settled[rows] = tight[rows] & (candidates[0].exact(1.0) <= 0)
-    others = other_candidates(lo, hi_ok, indefinite, empty, settled, lam_min, i_min, curv, bt, gz)
+        # It lies on the boundary, so the check at scale 1 + 1e-12 (the first above 1) decides.
+        passes = (candidates[0].exact(1.0) <= 0) | (candidates[0].exact(1 + 1e-12) <= 0)
+        settled[rows] = tight[rows] & passes
+    others = other_candidates(
+        lo, hi, hi_ok, indefinite, empty, settled, lam_min, i_min, curv, bt, gz
+    )
     candidates += [to_original(rows, y) for rows, y in others]
     negative_curvature = (-lam_min).clamp(min=0)
     return choose_witness_and_cap(
@@ -416,45 +424,53 @@ def _initial_bracket(gz, bt, lam_min, indefinite, empty, constraint_at):
     l_lin = torch.where(bt_sq > 0, 2 * gz / bt_sq, torch.ones_like(gz))
     lo = torch.where(indefinite, torch.zeros_like(gz), l_lin)
     hi = torch.where(indefinite, l_max, l_lin)
-    growing = ~indefinite & ~empty
+    hi_ok = torch.zeros_like(indefinite)
+    rows = (~indefinite & ~empty).nonzero().squeeze(-1)  # only these rows are evaluated
     for _ in range(_MAX_DOUBLINGS):
-        growing = growing & (constraint_at(hi) > 0) & (hi < 1e300)
-        if not growing.any():
+        if len(rows) == 0:
             break
-        lo = torch.where(growing, hi, lo)
-        hi = torch.where(growing, 2 * hi, hi)
-    hi_ok = ~indefinite & ~empty & (constraint_at(hi) <= 0)
+        h = constraint_at(hi[rows], rows)
+        hi_ok[rows[h <= 0]] = True
+        rows = rows[(h > 0) & (hi[rows] < 1e300)]
+        lo[rows] = hi[rows]
+        hi[rows] = 2 * hi[rows]
     # Where doubling gave up (root at infinity) or the set is empty, collapse the bracket.
     hi = torch.where(~indefinite & ~hi_ok, lo, hi)
     return lo, hi, hi_ok
 
 
 def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
-    """Safeguarded Newton on ``h(y(l)) = q'(l)`` inside the bracket; returns the final
-    ``lo, hi, hi_ok``, per row the best dual lower bound on ``R^2`` found (``q(l)`` less its
-    rounding-error estimate, maximised over every multiplier evaluated), and ``tight``: the rows
-    that stopped on the ``_GAP`` test (their ``y(hi)`` is within it of the optimum).
+    """Safeguarded Newton on ``h(y(l)) = q'(l)`` inside the bracket.
+
+    Returns the final ``lo, hi, hi_ok``; per row the best dual lower bound on ``R^2`` found
+    (``q(l)`` less its rounding-error estimate, maximised over every multiplier evaluated); the
+    best primal witness found, as ``(l_w, t_w)``: the point ``t_w y(l_w)`` (``t_w`` inf where
+    none was found); and ``tight``: the rows that stopped on the gap test.
 
     Weak duality makes ``q(l) <= R^2`` at EVERY ``l`` with ``I + l A`` positive definite, so any
-    evaluated point may supply the radius, on either side of the root. A row stops when
-    ``||y(hi)||^2 - max q <= _GAP q``: ``y(hi)`` is feasible, so ``R^2`` lies between the two and
-    the radius is within ``_GAP / 2`` (relative) of ``sqrt(sup q)``; or when its bracket is two
-    adjacent floats (the only stop of a bracket without a feasible end, the hard case). Newton
-    steps overshoot by ``_OVERSHOOT`` of the step, so that near the root they land on
-    alternate sides and tighten both ends; a step leaving the bracket, or one after two steps
-    that hardly shrank it (``_STALL``), is a bisection. A midpoint
-    whose smallest ``1 + l lam`` is within rounding of 0 is treated as beyond the pole, so every
-    ``l`` that supplies a bound has a positive-definite ``I + l A``.
+    evaluated point may supply the radius, on either side of the root. Each evaluated ``y(l)``
+    is also scaled onto the boundary, ``h(t y(l)) = 0`` (a scalar quadratic in ``t``), giving a
+    feasible point whose squared norm exceeds ``R^2`` only to second order in ``l - l*`` (at the
+    optimum ``y*`` is parallel to the constraint's normal, KKT, so the scaling moves along the
+    normal). A row stops when ``min ||t y||^2 - max q <= gap max q`` (``R^2`` lies between the
+    two, so the radius is within ``gap / 2``, relative, of ``sqrt(sup q)``), or when its bracket
+    is two adjacent floats. Newton steps overshoot by ``_OVERSHOOT`` of the step, so that near
+    the root they land on alternate sides; a step leaving the bracket, or one after two steps
+    that hardly shrank it (``_STALL``), is a bisection. A midpoint whose smallest
+    ``1 + l lam`` is within rounding of 0 is treated as beyond the pole, so every ``l`` that
+    supplies a bound has a positive-definite ``I + l A``.
     """
     N, d = bt.shape
     gap = _GAP_ULPS * (d + 2) * eps
     err_unit = 8 * (d + 2) * eps
 
     def evaluate(mult, bt_sq, lam, gz, value_err, gradient_err):
-        """h(y(l)), h'(l), q(l), ||y(l)||^2 and q(l) less its rounding-error estimate.
+        """h(y(l)), h'(l), q(l), q(l) less its rounding-error estimate, and the scaling ``t``
+        with ``h(t y(l)) = 0`` with the squared norm of ``t y(l)``.
 
         With ``r_i = l / (1 + l lam_i)`` and ``w_i = bt_i^2``: ``y_i = -r_i bt_i / 2``,
-        ``||y||^2 = sum r_i^2 w_i / 4``, ``h = g + sum (lam_i r_i^2 / 4 - r_i / 2) w_i``,
+        ``||y||^2 = sum r_i^2 w_i / 4``, ``h(t y) = g + t bt.y + t^2 y^T lam y`` with
+        ``bt.y = -sum r_i w_i / 2`` and ``y^T lam y = sum lam_i r_i^2 w_i / 4``,
         ``h' = -sum w_i / (2 (1 + l lam_i)^3)`` and ``q = l g - l sum r_i w_i / 4``.
         """
         scaled = torch.addcmul(torch.ones_like(lam), mult[:, None], lam)
@@ -463,7 +479,8 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
         weighted_sq = ratio * weighted
         linear = weighted.sum(-1)
         y_sq = 0.25 * weighted_sq.sum(-1)
-        h = gz + (0.25 * (lam * weighted_sq).sum(-1) - 0.5 * linear)
+        curvature = 0.25 * (lam * weighted_sq).sum(-1)
+        h = gz + (curvature - 0.5 * linear)
         slope = -0.5 * (bt_sq / (scaled * scaled * scaled)).sum(-1)
         subtracted = 0.25 * mult * linear
         q = mult * gz - subtracted
@@ -472,7 +489,9 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
             + mult * y_sq.sqrt() * gradient_err
             + err_unit * (mult * gz + subtracted)
         )
-        return h, slope, q, y_sq, q - q_err
+        t = first_root(gz, -0.5 * linear, curvature)
+        witness_sq = torch.where(torch.isfinite(t), t * t * y_sq, math.inf)  # y = 0: no point
+        return h, slope, q, q - q_err, t, witness_sq
 
     bt_sq = bt**2
     inputs = {
@@ -482,8 +501,10 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
         "value_err": value_err,
         "gradient_err": gradient_err,
     }
-    h_lo, slope_lo, q_lo, _, dual = evaluate(lo, **inputs)
-    h_hi, _, q_hi, y_sq_hi, dual_hi = evaluate(torch.where(hi_ok, hi, lo), **inputs)
+    h_lo, slope_lo, q_lo, dual, t_lo, w_lo = evaluate(lo, **inputs)
+    at_hi = torch.where(hi_ok, hi, lo)
+    _, _, q_hi, dual_hi, t_hi, w_hi = evaluate(at_hi, **inputs)
+    hi_better = w_hi < w_lo
     state = {
         "lo": lo,
         "hi": hi,
@@ -493,24 +514,25 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
         "slope_x": slope_lo,
         "best_q": torch.where(hi_ok, torch.maximum(q_lo, q_hi), q_lo),
         "dual": torch.where(hi_ok, torch.maximum(dual, dual_hi), dual),
-        "witness_sq": torch.where(hi_ok, y_sq_hi, math.inf),
+        "witness_sq": torch.where(hi_better, w_hi, w_lo),
+        "witness_l": torch.where(hi_better, at_hi, lo),
+        "witness_t": torch.where(hi_better, t_hi, t_lo),
         "lam_min": lam_min,
         "width_1": hi - lo,  # bracket widths one and two steps ago
         "width_2": hi - lo,
     }
     state.update(inputs)
-    full = {
-        key: state[key].clone() for key in ("lo", "hi", "hi_ok", "dual", "best_q", "witness_sq")
-    }
+    kept = ("lo", "hi", "hi_ok", "dual", "best_q", "witness_sq", "witness_l", "witness_t")
+    full = {key: state[key].clone() for key in kept}
     rows = torch.arange(N, device=gz.device)
     for _ in range(_MAX_BISECTIONS):
         s = state
         mid = s["lo"] + 0.5 * (s["hi"] - s["lo"])
         open_ = (mid > s["lo"]) & (mid < s["hi"])
-        tight = s["hi_ok"] & (s["witness_sq"] - s["best_q"] <= gap * s["best_q"])
+        tight = s["witness_sq"] - s["best_q"] <= gap * s["best_q"]
         running = open_ & ~tight
         n_running = int(running.sum())
-        if n_running < len(rows):
+        if n_running <= _COMPACT * len(rows):
             for key in full:  # finished rows leave the working set
                 full[key][rows] = s[key]
             if n_running == 0:
@@ -527,12 +549,15 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
         trial = torch.where(use_newton, newton, mid)
         valid = (1 + trial * s["lam_min"]) > 4 * eps
         at = torch.where(valid, trial, s["lo"])
-        h, slope, q, y_sq, dual = evaluate(at, **{key: s[key] for key in inputs})
+        h, slope, q, dual, t, w = evaluate(at, **{key: s[key] for key in inputs})
         positive = valid & (h > 0)
         s["lo"] = torch.where(positive, trial, s["lo"])
         s["hi"] = torch.where(positive, s["hi"], trial)
         s["hi_ok"] = torch.where(positive, s["hi_ok"], valid)
-        s["witness_sq"] = torch.where(positive, s["witness_sq"], torch.where(valid, y_sq, math.inf))
+        better = valid & (w < s["witness_sq"])
+        s["witness_sq"] = torch.where(better, w, s["witness_sq"])
+        s["witness_l"] = torch.where(better, at, s["witness_l"])
+        s["witness_t"] = torch.where(better, t, s["witness_t"])
         s["best_q"] = torch.where(valid, torch.maximum(s["best_q"], q), s["best_q"])
         s["dual"] = torch.where(valid, torch.maximum(s["dual"], dual), s["dual"])
         s["x"] = torch.where(valid, trial, s["x"])
@@ -541,8 +566,9 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
     else:
         for key in full:
             full[key][rows] = state[key]
-    tight = full["hi_ok"] & (full["witness_sq"] - full["best_q"] <= gap * full["best_q"])
-    return full["lo"], full["hi"], full["hi_ok"], full["dual"], tight
+    tight = full["witness_sq"] - full["best_q"] <= gap * full["best_q"]
+    witness = (full["witness_l"], full["witness_t"])
+    return full["lo"], full["hi"], full["hi_ok"], full["dual"], witness, tight
 
 
 def check_symmetric(M, name):

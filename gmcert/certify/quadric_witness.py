@@ -25,7 +25,13 @@ import math
 
 import torch
 
-__all__ = ["Candidate", "choose_witness_and_cap", "other_candidates", "regular_candidate"]
+__all__ = [
+    "Candidate",
+    "choose_witness_and_cap",
+    "first_root",
+    "other_candidates",
+    "regular_candidate",
+]
 
 # Relative scalings tried on an unverified witness before giving up on it.
 _WITNESS_SCALES = (0.0, 1e-12, 1e-10, 1e-8, 1e-6)
@@ -73,20 +79,43 @@ def _eigen_minimiser(mult, curv, bt):
     return -0.5 * (mult[..., None] / (1 + mult[..., None] * curv)) * bt
 
 
-def regular_candidate(hi, hi_ok, curv, bt):
-    """Regular case: ``y(hi)``, the feasible end of the bracket, in eigen-coordinates, as
-    (rows, y); None where no bracket has a feasible end."""
-    rows = hi_ok.nonzero().squeeze(-1)
+def regular_candidate(witness_l, witness_t, hi, hi_ok, curv, bt, gz, eta):
+    """Regular case, in eigen-coordinates, as (rows, y): ``y(l)`` at the search's best witness
+    multiplier (else at ``hi``, the feasible end of the bracket) scaled onto the boundary of the
+    UNshifted problem (eigenvalues ``curv + eta``, safeguard 1 of the solver), so that the check
+    with the original matrix sees a boundary point up to rounding; None where a row has
+    neither."""
+    scaled = torch.isfinite(witness_t)
+    rows = (scaled | hi_ok).nonzero().squeeze(-1)
     if len(rows) == 0:
         return None
-    return rows, _eigen_minimiser(hi[rows], curv[rows], bt[rows])
+    c, b = curv[rows], bt[rows]
+    y = _eigen_minimiser(torch.where(scaled, witness_l, hi)[rows], c, b)
+    curvature = (c * y * y).sum(-1) + eta[rows] * (y * y).sum(-1)
+    t = first_root(gz[rows], (b * y).sum(-1), curvature)
+    fallback = torch.where(scaled, witness_t, 1.0)[rows]
+    return rows, torch.where(torch.isfinite(t), t, fallback)[:, None] * y
 
 
-def other_candidates(lo, hi_ok, indefinite, empty, settled, lam_min, i_min, curv, bt, gz):
+def first_root(c, b, a):
+    """Smallest ``t > 0`` with ``c + b t + a t^2 = 0``, for ``c > 0`` (inf where none)."""
+    disc = b * b - 4 * a * c
+    root = disc.clamp(min=0).sqrt()
+    # Stable pair of roots: qq / a and c / qq.
+    qq = -0.5 * (b + torch.where(b >= 0, root, -root))
+    near = torch.where(qq != 0, c / qq, math.inf)
+    far = torch.where(a != 0, qq / a, math.inf)
+    near = torch.where(near > 0, near, math.inf)
+    far = torch.where(far > 0, far, math.inf)
+    return torch.where(disc >= 0, torch.minimum(near, far), math.inf)
+
+
+def other_candidates(lo, hi, hi_ok, indefinite, empty, settled, lam_min, i_min, curv, bt, gz):
     """The other candidates in eigen-coordinates, as a list of (rows, y), each only on the rows
     it applies to (and not on ``settled`` rows, whose regular witness is verified and proven
     within the solver's tolerance of the optimum):
 
+    0. ``y(hi)``, the feasible end of the bracket (where the regular candidate is ``t y(l)``).
     1. ``y(lo)`` completed along the most negative eigenvector by the exact 1-D root (near-hard
        case: ``y(l)`` is too sensitive to ``l`` near the pole for the bracket ends to be tight).
     2. Hard case (the bracket ran into the pole ``l_max``): as 1, after removing the
@@ -109,6 +138,9 @@ def other_candidates(lo, hi_ok, indefinite, empty, settled, lam_min, i_min, curv
 
         return rows, _complete_along(y_lo, e_min, lam_min[rows], b, constraint_of)
 
+    rows = (hi_ok & ~settled).nonzero().squeeze(-1)
+    if len(rows):
+        out.append((rows, _eigen_minimiser(hi[rows], curv[rows], bt[rows])))
     rows = (indefinite & ~settled).nonzero().squeeze(-1)
     if len(rows):
         out.append(completion(rows, drop_pole=False))
@@ -170,11 +202,11 @@ def choose_witness_and_cap(
     elementary = torch.nan_to_num(elementary, nan=0.0) * (1 - 8 * d * eps)
     cap = torch.where(verified, best_true, torch.where(relaxed, best_relaxed, elementary))
     radius = torch.where(empty, radius, torch.minimum(radius, cap))
-    # An unverified point is still returned (flagged) so that callers get a direction.
-    fallback = _first_finite(candidates, gradients)
-    delta = torch.where(
-        verified[..., None], delta_true, torch.where(relaxed[..., None], delta_relaxed, fallback)
-    )
+    delta = torch.where(verified[..., None], delta_true, delta_relaxed)
+    if not (verified | relaxed).all():
+        # An unverified point is still returned (flagged) so that callers get a direction.
+        fallback = _first_finite(candidates, gradients)
+        delta = torch.where((verified | relaxed)[..., None], delta, fallback)
     return radius, delta, verified
 
 
