@@ -173,6 +173,7 @@ def test_the_bound_uses_the_largest_corrected_estimate_and_point_masses_win():
     eps = corrected_eps(estimates)
     assert eps["from_estimator"] == "plugin" and eps["eps_hat"] == 1.1
     assert eps["eps_upper"] == 1.4 and eps["eps_ci_low"] == 0.0  # dv's low end, clipped
+    assert eps["interval"] == [0.9, 1.4]  # the chosen estimator's own, as the plot marks it
 
     rng = np.random.default_rng(0)
     Z = rng.standard_normal((600, 3))

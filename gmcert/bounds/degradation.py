@@ -154,11 +154,12 @@ def degrade(
             estimate_for_mixture(mixture, Z_test, y_test, options, seed=seed, device=device)
         )
         eps_hat, eps_upper = result["eps_hat"], result["eps_upper"]
+        # The plot marks each eps with its own estimator's interval.
         if result["eps_basis"] == "null-corrected" and result["eps_raw"]["eps_hat"] is not None:
             raw = result["eps_raw"]["eps_hat"]
-            raw_interval = (result["eps_raw"]["eps_ci_low"], result["eps_raw"]["eps_upper"])
+            raw_interval = tuple(result["eps_raw"]["interval"])
         if eps_hat is not None:
-            interval = (result["eps_ci_low"], eps_upper)
+            interval = tuple(result.get("interval") or (result["eps_ci_low"], eps_upper))
         else:
             result["note"] = "no estimator gave a joint eps estimate (see the estimates' notes)"
             if options.eps is None:

@@ -84,6 +84,8 @@ def pessimistic_eps(estimates: dict) -> dict:
         "eps_upper": max([*ends, point]),
         "eps_ci_low": _lowest([v.get("ci_low") for v in joint.values()]),
         "from_estimator": worst,
+        # the chosen estimator's own interval, as eps_sensitivity.png marks it
+        "interval": [joint[worst].get("ci_low"), joint[worst].get("ci_high")],
     }
 
 
@@ -107,6 +109,7 @@ def corrected_eps(estimates: dict) -> dict:
         "eps_upper": max([point, *(max(v["ci_high"], 0.0) for v in joint.values())]),
         "eps_ci_low": _lowest([v["ci_low"] for v in joint.values()]),
         "from_estimator": worst,
+        "interval": [joint[worst]["ci_low"], joint[worst]["ci_high"]],
         "eps_basis": "null-corrected",
     }
 
