@@ -180,3 +180,23 @@ def test_smoothing_attack_options_are_checked_and_can_be_turned_off(make_cfg, ca
     assert table.loc["closed_form", "empirical_robust_accuracy"].notna().all()
     assert table.loc["smoothing_gmm", "empirical_robust_accuracy"].isna().all()
     assert "closed_form points attacked" in capsys.readouterr().out
+
+
+def test_a_base_without_input_gradients_is_refused_in_one_line():
+    class Frozen(nn.Module):
+        def forward(self, x):
+            with torch.no_grad():
+                return torch.stack([x.sum(1), -x.sum(1)], dim=1)
+
+    with pytest.raises(ValueError, match="attack.smoothing=false"):
+        soft_smoothed_direction(
+            Frozen().eval(),
+            torch.zeros(2, 3),
+            torch.zeros(2, dtype=torch.long),
+            [1, 2],
+            sigma=0.5,
+            budget=torch.ones(2),
+            steps=1,
+            samples=4,
+            rows=100,
+        )

@@ -139,7 +139,13 @@ def _descend(model, x, target, seeds, sigma, budget, steps, samples):
         pick = target.view(-1, 1, 1).expand(-1, samples, 1)
         # log G_target = log mean_j softmax_target(x + delta + e_j), in the log domain.
         log_soft = torch.logsumexp(log_p.gather(2, pick).squeeze(2), dim=1)
-        (grad,) = torch.autograd.grad(log_soft.sum(), delta, retain_graph=True)
+        try:
+            (grad,) = torch.autograd.grad(log_soft.sum(), delta, retain_graph=True)
+        except RuntimeError as err:  # e.g. an encoder that runs under torch.no_grad
+            raise ValueError(
+                "the smoothing attack needs input gradients of the base classifier, which this "
+                f"encoder does not give ({err}); set attack.smoothing=false"
+            ) from err
         flat = grad.flatten(1).norm(dim=1)
         if bool((flat == 0).any()):
             # Saturated softmax (every draw certain of the target): descend the mean margin
