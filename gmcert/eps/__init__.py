@@ -18,7 +18,9 @@ Modules, one job each: :mod:`~gmcert.eps.results` (the :class:`TermEstimate` eve
 returns), :mod:`~gmcert.eps.checks` (input checks), :mod:`~gmcert.eps.gaussian` (closed forms),
 :mod:`~gmcert.eps.neighbours` (batched torch neighbour search; :class:`NeighbourSearch` holds its
 settings), the estimators above and their discriminators (:mod:`~gmcert.eps.discriminators`),
-:mod:`~gmcert.eps.bootstrap`, :mod:`~gmcert.eps.per_class` (the registry :data:`ESTIMATORS`),
+:mod:`~gmcert.eps.bootstrap`, :mod:`~gmcert.eps.null` (each estimator on samples of Q itself,
+where KL = 0: the null bias a run subtracts), :mod:`~gmcert.eps.per_class` (the registry
+:data:`ESTIMATORS`),
 :mod:`~gmcert.eps.estimate` (:func:`estimate_eps`), :mod:`~gmcert.eps.gaussianity` (normality
 diagnostics) and :mod:`~gmcert.eps.truth` (the exact KL when P is known, :func:`true_kl`).
 
