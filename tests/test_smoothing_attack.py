@@ -200,3 +200,18 @@ def test_a_base_without_input_gradients_is_refused_in_one_line():
             samples=4,
             rows=100,
         )
+
+
+def test_denoised_and_clean_smoothing_are_attacked_too(make_cfg):
+    cfg = make_cfg(
+        *QUICK,
+        "certify.methods=[smoothing_probe_clean]",
+        "certify.stop=12",
+        "certify.n=300",
+        "denoiser=custom",
+        "denoiser.builder=torch.nn:Tanh",  # a denoiser that changes the input, no gradient
+    )
+    entry = run(cfg)["attack"]["smoothing"]["smoothing_probe_clean"]
+    assert entry["points"] == 12 and entry["found"] > 0
+    assert "denoiser as the identity" in entry["attack"]
+    assert _table(cfg)["empirical_robust_accuracy"].notna().all()
