@@ -109,10 +109,13 @@ def test_lower_bounds_never_exceed_the_solved_distance():
         points = torch.arange(len(Z))
         values = scores[pred, points][None] - scores
         gradients = pulled - pulled[pred, points][None]
-        bound = cert._lower_bounds(values, gradients, centred, pred)
+        magnitudes = cert._magnitudes(centred)
+        bound = cert._lower_bounds(values, gradients, magnitudes, pred)
         rival, point = (torch.arange(30)[:, None] != pred[None]).nonzero(as_tuple=True)
+        k = pred[point]
+        scale = [m[k, point] + m[rival, point] for m in magnitudes]
         radius, _, _ = cert._solve_pairs(
-            point, pred[point], rival, values[rival, point], gradients[rival, point], centred
+            point, k, rival, values[rival, point], gradients[rival, point], *scale
         )
         finite = torch.isfinite(radius)
         assert (bound[rival, point][finite] <= radius[finite]).all()

@@ -20,6 +20,7 @@ from gmcert.certify.quadric_distance import (
     Blocks,
     as_real_tensor,
     check_symmetric,
+    first_root,
     solve_in_blocks,
 )
 from gmcert.device import resolve_device
@@ -132,7 +133,9 @@ class QuadraticCertifier:
         self.working_bytes = int(working_bytes)
         spectra = self._validate()
         self._abs_precisions = self.precisions.abs()
-        self._frobenius = torch.linalg.matrix_norm(self.precisions)
+        # ||(|P_k|)||_2: bounds the magnitudes |c|^T |P_k| |c| <= rho ||c||^2 and
+        # || |P_k| |c| || <= rho ||c|| of the summands of scores and gradients.
+        self._abs_norm = torch.linalg.eigvalsh(self._abs_precisions)[:, -1]
         self._spectrum_min, self._spectrum_max = spectra[:, 0], spectra[:, -1]
         self._pairs = PairEigenbases(self.precisions, pair_cache_bytes)
 
@@ -217,29 +220,63 @@ class QuadraticCertifier:
         values = scores[pred, points][None] - scores  # (K, n)
         gradients = pulled - pulled[pred, points][None]  # (K, n, d)
 
-        bound = self._lower_bounds(values, gradients, centred, pred)
+        magnitudes = self._magnitudes(centred)
+        bound = self._lower_bounds(values, gradients, magnitudes, pred)
         bound[pred, points] = math.inf  # not a rival
         order = bound.argsort(dim=0, stable=True)  # rivals by increasing bound; own class last
         sorted_bound = bound.gather(0, order)
-        start, width = 0, 1 if self.prune else K - 1
-        while start < K - 1:
-            stop = min(start + width, K - 1)
-            candidates = order[start:stop]
-            need = torch.ones_like(candidates, dtype=torch.bool)
-            if self.prune:
-                # Pruning proof: docs/theory.md section 3.2. NaN-free: bounds are finite or inf.
-                need = sorted_bound[start:stop] <= radius[None] * (1 + PRUNE_MARGIN)
-                if not need.any():
-                    break
-            slot, point = need.nonzero(as_tuple=True)
-            rival = candidates[slot, point]
-            r, dl, ok = self._solve_pairs(
-                point, pred[point], rival, values[rival, point], gradients[rival, point], centred
-            )
-            self._keep_smallest(point, rival, r, dl, ok, radius, delta, nearest, verified)
-            # Second round: up to 15 more rivals (all of them at K <= 16), then 4x larger.
-            start, width = stop, 15 if start == 0 else 4 * width
+        n_rivals = K - 1
+        solved = torch.zeros((n_rivals, n), dtype=torch.bool, device=self.device)
+        if self.prune:
+            # First round: every rival among the nearest 16 whose bound is below a cheap upper
+            # bound on the radius, so that one round usually settles a point.
+            limit = min(16, n_rivals)
+            threshold = self._upper_bound(values, gradients, order[0], pred)
+        else:
+            limit, threshold = n_rivals, torch.full_like(radius, math.inf)
+        first = True
+        while True:
+            # Pruning proof: docs/theory.md section 3.2. NaN-free: bounds are finite or inf.
+            pending = ~solved[:limit] & (sorted_bound[:limit] <= threshold * (1 + PRUNE_MARGIN))
+            if first:
+                pending[0] = True  # the nearest rival by the bound, always
+            first = False
+            if pending.any():
+                slot, point = pending.nonzero(as_tuple=True)
+                rival = order[slot, point]
+                k = pred[point]
+                scale = [m[k, point] + m[rival, point] for m in magnitudes]
+                r, dl, ok = self._solve_pairs(
+                    point, k, rival, values[rival, point], gradients[rival, point], *scale
+                )
+                self._keep_smallest(point, rival, r, dl, ok, radius, delta, nearest, verified)
+                solved[:limit] |= pending
+                threshold = radius
+                continue
+            threshold = radius
+            # The bounds are sorted: nothing beyond ``limit`` is pending unless its first is.
+            if limit == n_rivals or not (sorted_bound[limit] <= radius * (1 + PRUNE_MARGIN)).any():
+                break
+            limit = min(4 * limit, n_rivals)
         return pred, radius, delta, nearest, verified
+
+    def _upper_bound(self, values, gradients, rival, pred):
+        """(n,) an upper bound on each point's radius (used only to choose what to solve first):
+        the first crossing of the boundary with ``rival`` along ``-b``, where
+        ``g(z - t b / ||b||) = g - t ||b|| + t^2 u^T A u`` (inf where the ray never crosses)."""
+        points = torch.arange(values.shape[1], device=self.device)
+        b = gradients[rival, points]
+        norm = torch.linalg.vector_norm(b, dim=-1)
+        u = b / norm[:, None]
+        # u^T A_kj u = (u^T P_j u - u^T P_k u) / 2, one product per class.
+        curvature = torch.zeros_like(norm)
+        for cls, sign in ((rival, 0.5), (pred, -0.5)):
+            for c in torch.unique(cls).tolist():
+                rows = (cls == c).nonzero().squeeze(-1)
+                curvature[rows] += sign * ((u[rows] @ self.precisions[c]) * u[rows]).sum(-1)
+        g = values[rival, points]
+        crossing = first_root(g.clamp(min=0), -norm, curvature)
+        return torch.where(g > 0, crossing, 0.0)
 
     @staticmethod
     def _keep_smallest(point, rival, r, dl, ok, radius, delta, nearest, verified):
@@ -259,19 +296,27 @@ class QuadraticCertifier:
         radius.copy_(best)
         delta[changed], nearest[changed], verified[changed] = dl[take], rival[take], ok[take]
 
-    def _lower_bounds(self, values, gradients, centred, pred):
+    def _magnitudes(self, centred):
+        """(K, n) bounds on the magnitudes of the summands of each score, ``|w_k| + |c|^T |P_k|
+        |c| / 2``, and of each ``P_k c``, ``|| |P_k| |c| ||``, through ``rho = || |P_k| ||_2``:
+        ``|c|^T |P| |c| <= rho ||c||^2`` and ``|| |P| |c| || <= rho ||c||``. They scale the
+        rounding-error estimates of the bounds and of the solver (an upper bound on the exact
+        magnitudes, so only ever more conservative; O(K n d) instead of O(K n d^2))."""
+        centred_norm = torch.linalg.vector_norm(centred, dim=-1)
+        pulled = self._abs_norm[:, None] * centred_norm
+        return self.log_weights.abs()[:, None] + 0.5 * pulled * centred_norm, pulled
+
+    def _lower_bounds(self, values, gradients, magnitudes, pred):
         """(K, n) a lower bound on each rival's distance, from ``g``, ``||grad||`` and a bound
         ``nu`` on the negative curvature of ``A_kj``: ``g(z + delta) >= g - ||b|| r - nu r^2``
         for ``||delta|| <= r``, positive for ``r`` below the root
         ``2 g / (||b|| + sqrt(||b||^2 + 4 nu g))``. ``g`` and ``||b||`` are first taken down /
-        up by the solver's own rounding-error estimate, with the magnitudes of their summands
-        bounded through ``|c|^T |P| |c| <= ||P||_F ||c||^2``."""
+        up by the solver's own rounding-error estimate (``magnitudes`` from
+        :meth:`_magnitudes`)."""
         d, eps = self.dim, torch.finfo(self.dtype).eps
         points = torch.arange(values.shape[1], device=self.device)
+        score_bound, pulled_bound = magnitudes
         grad_norm = torch.linalg.vector_norm(gradients, dim=-1)
-        centred_norm = torch.linalg.vector_norm(centred, dim=-1)
-        pulled_bound = self._frobenius[:, None] * centred_norm
-        score_bound = self.log_weights.abs()[:, None] + 0.5 * pulled_bound * centred_norm
         value_err = 8 * (d + 2) * eps * (score_bound[pred, points][None] + score_bound)
         gradient_err = (
             4 * (d + 2) * eps * (pulled_bound[pred, points][None] + pulled_bound + grad_norm)
@@ -299,7 +344,7 @@ class QuadraticCertifier:
             self._nu = (margin - lowest).clamp(min=0)
         return self._nu
 
-    def _solve_pairs(self, point, k, j, values, gradients, centred):
+    def _solve_pairs(self, point, k, j, values, gradients, value_scale, gradient_scale):
         """Exact distances for the items (point, class k, rival j), grouped by class pair."""
         K = self.n_classes
         a, b = torch.minimum(k, j), torch.maximum(k, j)
@@ -308,7 +353,7 @@ class QuadraticCertifier:
         perm = pair.argsort(stable=True)
         pair, point, k, j = pair[perm], point[perm], k[perm], j[perm]
         values, gradients, sign = values[perm], gradients[perm], sign[perm]
-        value_scale, gradient_scale = self._magnitudes(point, k, j, centred)
+        value_scale, gradient_scale = value_scale[perm], gradient_scale[perm]
         unique, counts = torch.unique_consecutive(pair, return_counts=True)
         radius = torch.empty_like(values)
         delta = torch.empty_like(gradients)
@@ -332,26 +377,6 @@ class QuadraticCertifier:
             verified[lo:hi] = out.witness_verified
         back = perm.argsort()
         return radius[back], delta[back], verified[back]
-
-    def _magnitudes(self, point, k, j, centred):
-        """Per item, the magnitudes of the summands of ``g`` and of its gradient (the solver's
-        rounding-error estimate): ``sum_c |w_c| + |c|^T |P_c| |c| / 2`` and ``sum_c || |P_c|
-        |c| ||`` over the item's two classes. One batched product over the classes involved,
-        each class's rows padded to the largest count."""
-        n_items = len(point)
-        cls, pts = torch.cat([k, j]), torch.cat([point, point])
-        classes, slot, counts = torch.unique(cls, return_inverse=True, return_counts=True)
-        order = slot.argsort(stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        position = torch.empty_like(order)
-        position[order] = torch.arange(len(order), device=self.device) - starts[slot[order]]
-        padded = centred.new_zeros((len(classes), int(counts.max()), self.dim))
-        absolute = centred[cls, pts].abs()
-        padded[slot, position] = absolute
-        pulled = torch.bmm(padded, self._abs_precisions[classes])[slot, position]
-        score = self.log_weights.abs()[cls] + 0.5 * (pulled * absolute).sum(-1)
-        norm = torch.linalg.vector_norm(pulled, dim=-1)
-        return score[:n_items] + score[n_items:], norm[:n_items] + norm[n_items:]
 
     def _check_shapes(self):
         if self.means.ndim != 2:

@@ -57,6 +57,7 @@ from gmcert.certify.quadric_witness import (
 
 __all__ = [
     "Blocks",
+    "first_root",
     "QuadricDistance",
     "as_real_tensor",
     "check_symmetric",
@@ -473,15 +474,18 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
         ``bt.y = -sum r_i w_i / 2`` and ``y^T lam y = sum lam_i r_i^2 w_i / 4``,
         ``h' = -sum w_i / (2 (1 + l lam_i)^3)`` and ``q = l g - l sum r_i w_i / 4``.
         """
-        scaled = torch.addcmul(torch.ones_like(lam), mult[:, None], lam)
-        ratio = mult[:, None] / scaled
+        # Two (rows, d) buffers and fused row dot products: temporaries of that size cost more
+        # than the arithmetic.
+        ratio = torch.addcmul(one, mult[:, None], lam).reciprocal_().mul_(mult[:, None])
         weighted = ratio * bt_sq
-        weighted_sq = ratio * weighted
         linear = weighted.sum(-1)
-        y_sq = 0.25 * weighted_sq.sum(-1)
-        curvature = 0.25 * (lam * weighted_sq).sum(-1)
+        y_sq = 0.25 * _row_dot(ratio, weighted)
+        weighted.mul_(ratio)  # r_i^2 w_i
+        curvature = 0.25 * _row_dot(lam, weighted)
         h = gz + (curvature - 0.5 * linear)
-        slope = -0.5 * (bt_sq / (scaled * scaled * scaled)).sum(-1)
+        # sum w_i / (1 + l lam_i)^3 = sum r_i^3 w_i / l^3; at l ~ 0 it is sum w_i.
+        cubed = _row_dot(ratio, weighted)
+        slope = -0.5 * torch.where(mult > 1e-100, cubed / mult**3, bt_sq.sum(-1))
         subtracted = 0.25 * mult * linear
         q = mult * gz - subtracted
         q_err = (
@@ -494,6 +498,7 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
         return h, slope, q, q - q_err, t, witness_sq
 
     bt_sq = bt**2
+    one = bt.new_ones((1, 1))
     inputs = {
         "bt_sq": bt_sq,
         "lam": lam,
@@ -569,6 +574,11 @@ def _search(gz, bt, lam, lam_min, lo, hi, hi_ok, value_err, gradient_err, eps):
     tight = full["witness_sq"] - full["best_q"] <= gap * full["best_q"]
     witness = (full["witness_l"], full["witness_t"])
     return full["lo"], full["hi"], full["hi_ok"], full["dual"], witness, tight
+
+
+def _row_dot(a, b):
+    """(N,) ``sum_i a[n, i] b[n, i]`` as one batched product, without an (N, d) temporary."""
+    return torch.bmm(a[:, None, :], b[:, :, None]).view(-1)
 
 
 def check_symmetric(M, name):
