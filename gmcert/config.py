@@ -203,6 +203,9 @@ class MixtureConfig:
     shrinkage: Any = "ledoit_wolf"
     select_radius: float | None = None
     priors: Any = "empirical"  # empirical | uniform | list of K weights
+    # Ridge on every covariance's diagonal, RELATIVE to the train latents' mean per-coordinate
+    # variance (reg_covar * mean(np.var(Z, axis=0))): the same data in other units gets the
+    # same rule in those units (docs/theory.md section 1).
     reg_covar: float = 1e-6
     rank: int = 8
     # The robust linear rule (docs/theory.md section 2) for this target radius (latent l2

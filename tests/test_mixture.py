@@ -22,6 +22,13 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from gmcert.models.mixture import COVARIANCE_FAMILIES, SHRINKAGE_RULES, GaussianMixtureClassifier
 
 G = GaussianMixtureClassifier
+
+
+def relative(ridge: float, X) -> float:
+    """The reg_covar (relative to the data's mean per-coordinate variance) that adds ``ridge``."""
+    return ridge / np.var(X, axis=0).mean()
+
+
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 
 
@@ -205,7 +212,7 @@ def test_full_unshrunk_log_likelihood_equals_scipy(data, test_points):
 def test_full_shrinkage_equals_sklearn_per_class(rule, reference):
     X, y = gaussian_classes([12, 20, 9], 15, seed=4)
     reg = 1e-4
-    ours = G(covariance="full", shrinkage=rule, reg_covar=reg).fit(X, y)
+    ours = G(covariance="full", shrinkage=rule, reg_covar=relative(reg, X)).fit(X, y)
     for k, (_, Xk, _, _) in enumerate(class_stats(X, y)):
         cov, alpha = reference(Xk)
         assert ours.shrinkage_[k] == pytest.approx(alpha, abs=1e-10)
@@ -219,7 +226,8 @@ def test_diag_matches_gaussian_nb(data, test_points, priors):
     var_smoothing = 1e-3
     # GaussianNB adds var_smoothing * (largest feature variance) to every variance.
     reg = var_smoothing * np.var(X, axis=0).max()
-    ours = G(covariance="diag", reg_covar=reg, priors="empirical" if priors is None else priors)
+    priors_option = "empirical" if priors is None else priors
+    ours = G(covariance="diag", reg_covar=relative(reg, X), priors=priors_option)
     ours.fit(X, y)
     nb = GaussianNB(var_smoothing=var_smoothing, priors=priors).fit(X, y)
     np.testing.assert_allclose(ours.means_, nb.theta_, **TIGHT)
@@ -239,7 +247,7 @@ def test_diag_matches_gaussian_nb(data, test_points, priors):
 def test_isotropic_is_a_pooled_scalar_variance(data, test_points):
     X, y = data
     reg = 1e-2
-    ours = G(covariance="isotropic", reg_covar=reg).fit(X, y)
+    ours = G(covariance="isotropic", reg_covar=relative(reg, X)).fit(X, y)
     n, d = X.shape
     sigma2 = np.sum(within_class_residuals(X, y) ** 2) / (n * d) + reg
     np.testing.assert_allclose(ours.covariances_, sigma2 * np.eye(d), **TIGHT)
@@ -269,7 +277,7 @@ def ppca_covariance(cov, rank):
 def test_lowrank_is_probabilistic_pca(data, test_points, rank):
     X, y = data
     reg = 1e-3
-    ours = G(covariance="lowrank", rank=rank, reg_covar=reg).fit(X, y)
+    ours = G(covariance="lowrank", rank=rank, reg_covar=relative(reg, X)).fit(X, y)
     d = X.shape[1]
     for k, (_, Xk, mean, cov) in enumerate(class_stats(X, y)):
         np.testing.assert_allclose(ours.means_[k], mean, **TIGHT)

@@ -61,21 +61,23 @@ CASES = [
     (covariance, scale, reg)
     for covariance in ("shared", "isotropic", "full", "diag")
     for scale in SCALES
-    for reg in ("default", "scaled")
-    # diag has no shrinkage: at scale 1e6 an absolute reg_covar of 1e-6 on the (near-)constant
+    for reg in ("absolute", "relative")
+    # diag has no shrinkage: at scale 1e6 an absolute ridge of 1e-6 on the (near-)constant
     # pixels gives a condition number ~1e18, and the class scores themselves (not a common
     # term) reach ~1e15, so any two evaluation orders round differently near the boundary.
-    if not (covariance == "diag" and scale > 1 and reg == "default")
+    if not (covariance == "diag" and scale > 1 and reg == "absolute")
 ]
 
 
 @pytest.mark.parametrize(("covariance", "scale", "reg"), CASES)
 def test_predict_is_the_certified_rule_at_every_scale(digits, covariance, scale, reg):
-    # reg="scaled" makes the fit equivariant (the same model in scaled units); reg="default"
-    # keeps the absolute reg_covar = 1e-6, which dominates the covariances at small scales
-    # (the regime where the joint log-likelihoods' common terms used to decide near the
-    # boundary: 50-76 % agreement with the certifier on the boundary points).
-    params = {"reg_covar": 1e-6 * scale**2} if reg == "scaled" else {}
+    # reg="relative" (reg_covar's meaning: relative to the data's variance) makes the fit
+    # equivariant (the same model in scaled units); reg="absolute" adds a ridge of 1e-6 at
+    # every scale, which dominates the covariances at small scales (the regime where the
+    # joint log-likelihoods' common terms used to decide near the boundary: 50-76 % agreement
+    # with the certifier on the boundary points).
+    variance = np.var(digits.train.inputs * scale, axis=0).mean()
+    params = {"reg_covar": 1e-6 / variance} if reg == "absolute" else {}
     mixture = GaussianMixtureClassifier(covariance=covariance, **params).fit(
         digits.train.inputs * scale, digits.train.labels
     )
@@ -95,11 +97,11 @@ def test_predict_is_the_certified_rule_at_every_scale(digits, covariance, scale,
 
 @pytest.mark.parametrize("covariance", ["shared", "full"])
 def test_scaled_fit_predicts_the_same_classes(digits, covariance):
-    """With reg_covar scaled along, the fit is the same model in other units: predictions on
-    (clean) test points do not depend on the scale."""
+    """reg_covar follows the data's scale, so the fit is the same model in other units:
+    predictions on (clean) test points do not depend on the scale."""
     reference = None
     for scale in SCALES:
-        mixture = GaussianMixtureClassifier(covariance=covariance, reg_covar=1e-6 * scale**2)
+        mixture = GaussianMixtureClassifier(covariance=covariance)
         mixture.fit(digits.train.inputs * scale, digits.train.labels)
         pred = mixture.predict(digits.test.inputs * scale)
         reference = pred if reference is None else reference

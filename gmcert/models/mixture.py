@@ -59,8 +59,13 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     shrinkage : ``ledoit_wolf``, ``oas``, ``none`` or a fixed intensity in [0, 1], towards
         (tr S / d) I; used by ``shared`` and ``full``.
     priors : ``empirical`` (class frequencies), ``uniform``, or a sequence of K weights.
-    reg_covar : added to every covariance's diagonal, so that a constant feature (a
-        always-black pixel) cannot make a covariance singular.
+    reg_covar : relative to the data's scale: ``reg_covar * v`` is added to every covariance's
+        diagonal, where v is the mean per-coordinate variance of the training data
+        (``np.var(X, axis=0).mean()``), so that a constant feature (an always-black pixel)
+        cannot make a covariance singular, and the same data in other units (X times c) gives
+        the same rule in those units: the same predictions, certified radii times c. (An
+        absolute 1e-6 swamped variances of order 1e-12 in data scaled by 1e-6, and the
+        classifier fell to chance.) The ridge actually added is ``reg_covar_``.
     rank : the rank of U_k for ``lowrank``.
     tau : the robust linear rule for a target radius (docs/theory.md section 2) classifies with
         Sigma + tau I; 0 is the plain Bayes rule. ``covariances_`` (the fitted Q) exclude it.
@@ -68,7 +73,8 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     random_state : seed for ``sample``.
 
     Attributes: ``classes_``, ``priors_`` (K,), ``means_`` (K, d), ``covariances_`` (d, d)
-    shared or (K, d, d), ``precisions_`` likewise, ``log_weights_`` (K,) = log pi_k - 1/2 log
+    shared or (K, d, d), ``precisions_`` likewise, ``reg_covar_`` (the ridge added, in the
+    data's squared units), ``data_variance_`` (v above), ``log_weights_`` (K,) = log pi_k - 1/2 log
     det Sigma_k, ``shrinkage_`` (per class or scalar), ``n_features_in_``.
 
     Scores: ``predict_joint_log_proba`` gives s_k(z) = log pi_k + log N(z; mu_k, Sigma_k),
@@ -77,7 +83,7 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     mu_k)^T P_k (z - mu_k)`` otherwise): the certifiers' scores, whose argmax ``predict`` is,
     so that the prediction agrees with the certificate at every latent scale.
     ``decision_function`` is ``class_scores``, or (n,) log-odds of them when K = 2.
-    ``reg_covar`` is part of the fitted covariances, hence of every score, of
+    ``reg_covar_`` is part of the fitted covariances, hence of every score, of
     ``score_samples`` and of ``sample``. ``precisions_``, ``log_weights_`` and every score are
     the decision rule's (with ``tau``); ``sample`` draws from Q (without it).
     """
@@ -132,6 +138,9 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
         self.priors_ = self._resolve_priors(m.counts)
         self.means_ = m.means
         self.n_features_in_ = d
+        self.data_variance_ = self._data_variance(m, n, d)
+        # All points equal (v = 0): no scale to follow, the ridge is reg_covar itself.
+        self.reg_covar_ = self.reg_covar * (self.data_variance_ if self.data_variance_ > 0 else 1)
         getattr(self, f"_fit_{self.covariance}")(m, n, d)
         self._finalise()
         return self
@@ -147,6 +156,20 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
             self.covariance, "per_class"
         )
         return class_moments(X, y_codes, num_classes, scatter=scatter, chunk_size=self.chunk_size)
+
+    def _data_variance(self, m, n, d) -> float:
+        """The mean per-coordinate variance of the fitted data, ``np.var(X, axis=0).mean()``,
+        from the class moments (no pass over the data): the within-class scatter plus the
+        spread of the class means around the grand mean."""
+        if self.covariance == "diag":  # (K, d) diagonals
+            within = m.scatter.sum()
+        elif m.scatter.ndim == 3:  # (K, d, d) per class
+            within = np.trace(m.scatter, axis1=1, axis2=2).sum()
+        else:  # (d, d) pooled
+            within = np.trace(m.scatter)
+        grand = m.counts @ m.means / n
+        between = m.counts @ np.sum((m.means - grand) ** 2, axis=1)
+        return float((within + between) / (n * d))
 
     def _check_params(self):
         if self.covariance not in COVARIANCE_FAMILIES:
@@ -234,12 +257,12 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
     def _fit_shared(self, m, n, d):
         cov = m.scatter / n
         self.shrinkage_ = shrinkage_intensity(cov, n, m.fourth.sum(), self.shrinkage)
-        self.covariances_ = shrink(cov, self.shrinkage_) + self.reg_covar * np.eye(d)
+        self.covariances_ = shrink(cov, self.shrinkage_) + self.reg_covar_ * np.eye(d)
 
     def _fit_isotropic(self, m, n, d):
         self.shrinkage_ = 0.0
         variance = np.trace(m.scatter) / (n * d)
-        self.covariances_ = (variance + self.reg_covar) * np.eye(d)
+        self.covariances_ = (variance + self.reg_covar_) * np.eye(d)
 
     def _fit_full(self, m, n, d):
         covs = m.scatter / m.counts[:, None, None]
@@ -250,22 +273,22 @@ class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):
             ]
         )
         shrunk = [shrink(c, a) for c, a in zip(covs, self.shrinkage_, strict=True)]
-        self.covariances_ = np.stack(shrunk) + self.reg_covar * np.eye(d)
+        self.covariances_ = np.stack(shrunk) + self.reg_covar_ * np.eye(d)
 
     def _fit_diag(self, m, n, d):
-        variances = m.scatter / m.counts[:, None] + self.reg_covar
+        variances = m.scatter / m.counts[:, None] + self.reg_covar_
         self.shrinkage_ = 0.0
         self.covariances_ = np.stack([np.diag(v) for v in variances])
 
     def _fit_lowrank(self, m, n, d):
-        """Probabilistic PCA (Tipping and Bishop 1999) of each class, plus reg_covar I."""
+        """Probabilistic PCA (Tipping and Bishop 1999) of each class, plus reg_covar_ I."""
         covs = []
         for scatter, nk in zip(m.scatter, m.counts, strict=True):
             lam, vecs = linalg.eigh(scatter / nk)
             lam, vecs = lam[::-1], vecs[:, ::-1]
             noise = max(lam[self.rank :].mean(), 0.0)
             u = vecs[:, : self.rank] * np.sqrt(np.maximum(lam[: self.rank] - noise, 0.0))
-            covs.append(u @ u.T + (noise + self.reg_covar) * np.eye(d))
+            covs.append(u @ u.T + (noise + self.reg_covar_) * np.eye(d))
         self.shrinkage_ = 0.0
         self.covariances_ = np.stack(covs)
 
