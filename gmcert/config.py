@@ -489,7 +489,8 @@ def _rules() -> list[tuple[str, object, str]]:
         ("attack.smoothing_search", count, "an integer >= 0"),
         ("attack.smoothing_n", _optional(positive), "null (certify.n) or an integer >= 1"),
         ("dataset.test_size", _probability(), "a fraction in (0, 1)"),
-        ("dataset.num_classes", _number(2, integer=True), "an integer >= 2"),
+        # null where the schema allows it (dataset=arrays: 1 + the largest label)
+        ("dataset.num_classes", _optional(_number(2, integer=True)), "an integer >= 2"),
         ("dataset.dim", positive, "an integer >= 1 (the input dimension)"),
         ("dataset.n_train", positive, "an integer >= 1"),
         ("dataset.n_test", positive, "an integer >= 1"),

@@ -11,12 +11,13 @@ be the same in train/ and test/.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gmcert.data.images import IMAGE_EXTENSIONS, check_count, image_names, subset_indices
+from gmcert.data.images import IMAGE_EXTENSIONS, check_count, subset_indices
 from gmcert.memory import check_memory
 
 if TYPE_CHECKING:
@@ -55,25 +56,66 @@ def _classes(root: Path, split: str) -> list[str]:
     return folders
 
 
+def _what(entry: os.DirEntry) -> str:
+    if entry.is_dir():
+        return "a folder"
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        return f"a link to {os.readlink(entry.path)}, which does not exist"
+    return "not a regular file (a pipe, socket or device)"
+
+
+def image_files(folder: Path) -> list[str]:
+    """Sorted image file names in one class folder (hidden files and other types skipped).
+    A name with an image extension that is not a regular file (a folder, a dangling link, a
+    pipe, which would block the read) is refused, never skipped without a word."""
+    with os.scandir(folder) as entries:
+        named = [
+            e
+            for e in entries
+            if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+    for entry in named:
+        if not entry.is_file():
+            raise ValueError(
+                f"{folder / entry.name} is {_what(entry)}, not an image file; remove it or put "
+                "the image itself there"
+            )
+    return sorted(e.name for e in named)
+
+
 def _decode(path: Path, mode: str, size: tuple[int, int], resize: bool) -> np.ndarray:
-    """One image as uint8 (H, W) or (H, W, 3)."""
+    """One image as uint8 (H, W) or (H, W, 3). Its size is checked from the header, before
+    the pixels are decoded; beyond PIL's decompression-bomb limit it is refused."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-            if image.size != (size[1], size[0]):
-                if not resize:
-                    raise ValueError(
-                        f"{path} is {image.size[0]}x{image.size[1]} (width x height) but "
-                        f"dataset.image_size is {size[0]}x{size[1]} (height x width); set "
-                        "image_size to the images' size, or dataset.resize=true to resize them "
-                        "on load (radii are then in the resized pixels)"
-                    )
-                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _decode_checked(Image.open(path), path, mode, size, resize)
+    except (
+        OSError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
         raise ValueError(f"cannot decode image {path} ({err}); replace or delete it") from None
+
+
+def _decode_checked(opened, path: Path, mode: str, size: tuple[int, int], resize: bool):
+    from PIL import Image
+
+    with opened as image:
+        if image.size != (size[1], size[0]) and not resize:
+            raise ValueError(
+                f"{path} is {image.size[0]}x{image.size[1]} (width x height) but "
+                f"dataset.image_size is {size[0]}x{size[1]} (height x width); set "
+                "image_size to the images' size, or dataset.resize=true to resize them "
+                "on load (radii are then in the resized pixels)"
+            )
+        image = image.convert(mode)
+        if image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
 
 
 def _scan(root: Path, split: str, classes: list[str]) -> tuple[list[Path], np.ndarray]:
@@ -81,7 +123,7 @@ def _scan(root: Path, split: str, classes: list[str]) -> tuple[list[Path], np.nd
     labels: list[int] = []
     empty = []
     for label, name in enumerate(classes):
-        names = image_names(root / split / name)
+        names = image_files(root / split / name)
         if not names:
             empty.append(str(root / split / name))
         paths.extend(root / split / name / n for n in names)

@@ -16,6 +16,7 @@ with its name, never read into a wrong table.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gmcert.data.images import check_count, subset_indices
+from gmcert.memory import check_memory
 
 if TYPE_CHECKING:  # the containers live in gmcert.data (imported lazily: no import cycle)
     from gmcert.data import LabelledData
@@ -70,58 +72,114 @@ def _fix(path: Path) -> str:
     return f"replace {path} with the original file (re-download or reinstall the dataset)"
 
 
-def _read_bytes(path: Path, limit: int) -> bytes:
-    """The file's content, un-gzipped when it starts with the gzip magic (whatever its name);
-    at most ``limit + 1`` bytes are read, so a crafted archive cannot fill the memory."""
+_IMAGE_SIDE = 28  # MNIST and Fashion-MNIST images are 28 x 28
+_TYPE_NAMES = {
+    0x08: "unsigned bytes",
+    0x09: "signed bytes",
+    0x0B: "int16",
+    0x0C: "int32",
+    0x0D: "float32",
+    0x0E: "float64",
+}
+
+
+def _open(path: Path):
+    """A binary stream of the file's content, un-gzipped when it starts with the gzip magic
+    (whatever its name). Reading from it never holds more than what is asked for."""
+    with open(path, "rb") as f:
+        zipped = f.read(2) == _GZIP
+    return gzip.open(path, "rb") if zipped else open(path, "rb")
+
+
+def _describe(magic: int) -> str:
+    """What an IDX magic number says the file is."""
+    if magic >> 16 != 0 or (magic >> 8) & 0xFF not in _TYPE_NAMES:
+        return "not an IDX file"
+    kind = _TYPE_NAMES[(magic >> 8) & 0xFF]
+    return f"an IDX file of {kind} with {magic & 0xFF} dimension(s)"
+
+
+def _read_header(f, path: Path, kind: str, max_bytes: int) -> tuple[int, ...]:
+    """The shape an IDX header declares, checked against what ``kind`` must be and against
+    ``max_bytes``, before any value is read."""
+    magic, ndim = _MAGIC[kind]
+    header = f.read(4 + 4 * ndim)
+    if len(header) < 4 + 4 * ndim:
+        raise IDXError(
+            f"{path} is {len(header)} bytes long, shorter than an IDX header; {_fix(path)}"
+        )
+    found = int.from_bytes(header[:4], "big")
+    if found != magic:
+        raise IDXError(
+            f"{path} has magic number 0x{found:08x} ({_describe(found)}), but an unsigned-byte "
+            f"IDX {kind} file starts with 0x{magic:08x} (unsigned bytes, {ndim} dimension(s)); "
+            f"check which file sits under this name or {_fix(path)}"
+        )
+    shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if 4 + 4 * ndim + math.prod(shape) > max_bytes:
+        raise IDXError(f"{path} declares shape {shape}, larger than any IDX dataset; {_fix(path)}")
+    if kind == "images" and shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE):
+        raise IDXError(
+            f"{path} declares images of {shape[1]}x{shape[2]} pixels; MNIST and Fashion-MNIST "
+            f"images are {_IMAGE_SIDE}x{_IMAGE_SIDE}: {_fix(path)}"
+        )
+    if shape[0] == 0:
+        raise IDXError(f"{path} declares 0 {kind}: it holds no data; {_fix(path)}")
+    return shape
+
+
+def read_idx_shape(path: str | os.PathLike, kind: str, *, max_bytes: int = 1 << 31) -> tuple:
+    """The checked shape of an IDX file from its header alone (reads a few bytes)."""
+    path = Path(path)
     try:
-        with open(path, "rb") as f:
-            zipped = f.read(2) == _GZIP
-        with gzip.open(path, "rb") if zipped else open(path, "rb") as f:
-            return f.read(limit + 1)
+        with _open(path) as f:
+            return _read_header(f, path, kind, max_bytes)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise IDXError(f"{path} is a damaged gzip file ({err}); {_fix(path)}") from None
 
 
 def read_idx(path: str | os.PathLike, kind: str, *, max_bytes: int = 1 << 31) -> np.ndarray:
-    """One unsigned-byte IDX file as a uint8 array: images (n, rows, cols) or labels (n,).
+    """One unsigned-byte IDX file as a uint8 array: images (n, 28, 28) or labels (n,).
 
     Raises :class:`IDXError` (a ValueError naming the file and the fix) for a wrong magic
-    number (not IDX, or images where labels belong), a truncated file or one with bytes after
-    its values, and a header larger than ``max_bytes``.
+    number (not IDX, another value type or dimension count, or images where labels belong),
+    images that are not 28x28, no data, a truncated file or one with bytes after its values,
+    and a header larger than ``max_bytes``. The header is checked before the values are read,
+    and no more than it declares is ever read, so a small (gzipped) file that claims or
+    unpacks to gigabytes costs no memory.
     """
     path = Path(path)
-    magic, ndim = _MAGIC[kind]
-    content = _read_bytes(path, max_bytes)
-    header = 4 + 4 * ndim
-    if len(content) < header:
-        raise IDXError(
-            f"{path} is {len(content)} bytes long, shorter than an IDX header; {_fix(path)}"
-        )
-    found = int.from_bytes(content[:4], "big")
-    if found != magic:
-        what = {0x00000803: "an image file", 0x00000801: "a label file"}.get(found, "not IDX")
-        raise IDXError(
-            f"{path} has magic number 0x{found:08x} ({what}), but an unsigned-byte IDX "
-            f"{kind} file starts with 0x{magic:08x}; check which file sits under this name "
-            f"or {_fix(path)}"
-        )
-    shape = tuple(int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    size = int(np.prod(shape, dtype=np.int64))
-    if header + size > max_bytes:
-        raise IDXError(f"{path} declares shape {shape}, larger than any IDX dataset; {_fix(path)}")
-    if len(content) != header + size:
-        state = "truncated" if len(content) < header + size else "longer than its header says"
+    try:
+        with _open(path) as f:
+            shape = _read_header(f, path, kind, max_bytes)
+            size = math.prod(shape)
+            values = f.read(size + 1)  # one byte more: a longer file is refused
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise IDXError(f"{path} is a damaged gzip file ({err}); {_fix(path)}") from None
+    if len(values) != size:
+        header = 4 + 4 * len(shape)
+        state = "truncated" if len(values) < size else "longer than its header says"
+        holds = f"{header + len(values):,}" if len(values) < size else "more"
         raise IDXError(
             f"{path} is {state}: its header declares shape {shape} ({header + size:,} bytes), "
-            f"the file holds {len(content):,}; {_fix(path)}"
+            f"the file holds {holds}; {_fix(path)}"
         )
-    return np.frombuffer(content, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(values, dtype=np.uint8).reshape(shape)
 
 
 def _file(folder: Path, name: str) -> Path | None:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
             return candidate
+        if candidate.exists() or candidate.is_symlink():
+            what = (
+                "a folder"
+                if candidate.is_dir()
+                else "a link to nothing"
+                if not candidate.exists()
+                else "not a regular file (a pipe, socket or device)"
+            )
+            raise IDXError(f"{candidate} is {what}, not an IDX file; {_fix(candidate)}")
     return None
 
 
@@ -168,18 +226,28 @@ def check_idx_present(*, name: str, root, fallback_roots=(), **_) -> None:
 
 
 def _read_split(files: dict, split: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(files[(split, "images")], "images")
-    labels = read_idx(files[(split, "labels")], "labels")
-    if len(images) != len(labels):
+    image_file, label_file = files[(split, "images")], files[(split, "labels")]
+    # Both headers first: two files that disagree, or more data than this machine holds, are
+    # refused before any value is read.
+    n_images = read_idx_shape(image_file, "images")[0]
+    n_labels = read_idx_shape(label_file, "labels")[0]
+    if n_images != n_labels:
         raise IDXError(
-            f"{files[(split, 'images')]} holds {len(images):,} images but "
-            f"{files[(split, 'labels')]} holds {len(labels):,} labels; the two files come from "
-            "different datasets or one is damaged: replace both with the original pair"
+            f"{image_file} holds {n_images:,} images but {label_file} holds {n_labels:,} labels; "
+            "the two files come from different datasets or one is damaged: replace both with "
+            "the original pair"
         )
-    if len(labels) and labels.max() >= num_classes:
+    check_memory(
+        n_images * _IMAGE_SIDE**2 * 5,  # the bytes, then float32 pixels of what is kept
+        f"reading {n_images:,} {split} images from {image_file}",
+        "keep fewer with dataset.train_max / dataset.max, or check the file: " + _fix(image_file),
+    )
+    images = read_idx(image_file, "images")
+    labels = read_idx(label_file, "labels")
+    if labels.max() >= num_classes:
         raise IDXError(
-            f"{files[(split, 'labels')]} has labels up to {int(labels.max())}, outside "
-            f"0..{num_classes - 1}; {_fix(files[(split, 'labels')])}"
+            f"{label_file} has labels up to {int(labels.max())}, outside "
+            f"0..{num_classes - 1}; {_fix(label_file)}"
         )
     return images, labels.astype(np.int64)
 
@@ -239,4 +307,4 @@ def build_mnist(**options) -> LabelledData:
     return build_idx(name="mnist", **options)
 
 
-__all__ = ["FILES", "IDXError", "build_fashion_mnist", "build_mnist", "read_idx"]
+__all__ = ["FILES", "IDXError", "build_fashion_mnist", "build_mnist", "read_idx", "read_idx_shape"]
