@@ -371,9 +371,14 @@ def _solve_quadratic(values, gradients, eigenvalues, blocks, value_err, gradient
 
     # Definite A: the set is empty iff min h = h(-bt / (2 lam)) > 0; claim it only beyond the
     # rounding error, otherwise fall through to the (always sound) dual bound.
-    lowest_value = gz - 0.25 * (bt**2 / curv).sum(-1)
-    lowest_err = value_err + 8 * (d + 2) * eps * 0.25 * (bt**2 / curv.abs()).sum(-1)
-    empty = ~indefinite & (lowest_value > lowest_err)
+    empty = torch.zeros_like(indefinite)
+    definite = (~indefinite).nonzero().squeeze(-1)
+    if len(definite):
+        inverse = curv[definite].reciprocal()
+        bt_sq = bt[definite] ** 2
+        lowest_value = gz[definite] - 0.25 * _row_dot(bt_sq, inverse)
+        lowest_err = value_err[definite] + 8 * (d + 2) * eps * 0.25 * _row_dot(bt_sq, inverse.abs())
+        empty[definite] = lowest_value > lowest_err
 
     lo, hi, hi_ok = _initial_bracket(gz, bt, lam_min, indefinite, empty, constraint_at)
     lo, hi, hi_ok, dual, witness, tight = _search(
