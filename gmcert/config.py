@@ -459,7 +459,7 @@ def _rules() -> list[tuple[str, object, str]]:
             _each(_one_of(ESTIMATORS)),
             f"a non-empty list from {sorted(ESTIMATORS)}",
         ),
-        ("divergence.n_boot", count, "an integer >= 0 (0: no bootstrap interval)"),
+        ("divergence.n_boot", positive, "an integer >= 1 (bootstrap replicates)"),
         ("divergence.alpha", _probability(), "a level in (0, 1), e.g. 0.05"),
         ("divergence.max_per_class", _optional(_number(2, integer=True)), "null or >= 2"),
         ("divergence.truth_samples", positive, "an integer >= 1"),

@@ -66,7 +66,7 @@ def test_type_errors_name_the_key(tmp_path, override, message):
         ("certify.population_samples=-1", "certify.population_samples must be an integer >= 0"),
         ("certify.sigma=0", r"certify.sigma must be a noise std > 0 \(pixel units\), got 0.0"),
         ("divergence.estimators=[knnn]", r"divergence.estimators must be .*got \['knnn'\]"),
-        ("divergence.n_boot=-1", "divergence.n_boot must be an integer >= 0"),
+        ("divergence.n_boot=0", r"divergence.n_boot must be an integer >= 1 .*, got 0"),
         ("mixture.holdout_fraction=0", r"mixture.holdout_fraction must be a fraction in \(0, 1\)"),
         ("mixture.shrinkage=oops", r"mixture.shrinkage must be one of .*got 'oops'"),
         ("mixture.covariance=fulll", r"mixture.covariance must be one of .*got 'fulll'"),
