@@ -83,6 +83,11 @@ def test_kl_gaussian_is_zero_between_identical_gaussians_and_checks_its_input():
         kl_gaussian(mean_p, cov_p, mean_p, -cov_p)
     with pytest.raises(ValueError, match="cov must be symmetric"):
         gaussian_logpdf(np.zeros((2, 3)), mean_p, cov_p + np.triu(np.ones((3, 3)), 1))
+    # In any units: a covariance of order 1e-14 is not let through by an absolute slack.
+    tiny = 1e-14 * (cov_p + np.triu(np.ones((3, 3)), 1))
+    with pytest.raises(ValueError, match="cov must be symmetric"):
+        gaussian_logpdf(np.zeros((2, 3)), mean_p, tiny)
+    assert np.all(np.isfinite(gaussian_logpdf(np.zeros((2, 3)), mean_p, 1e-14 * cov_p)))
 
 
 # --------------------------------------------------------------------------------------------

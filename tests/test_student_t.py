@@ -95,5 +95,7 @@ def test_distorted_rejects_bad_input():
         moment_matched_covariance(np.eye(2), 2.0)
     with pytest.raises(ValueError, match="scale is not positive definite$"):
         sample_student_t_mixture(10, np.zeros((1, 2)), -np.eye(2), 5.0)
+    with pytest.raises(ValueError, match="scale must be symmetric"):  # in any units
+        student_t_logpdf(np.zeros((1, 2)), np.zeros(2), 1e-14 * np.array([[1, 1], [0, 1]]), 5.0)
     with pytest.raises(ValueError, match="dataset.nu must be > 2"):
         build_distorted(nu=2.0)

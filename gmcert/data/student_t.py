@@ -62,7 +62,7 @@ def _check_scale(scale, d: int | None = None) -> np.ndarray:
         raise ValueError(f"scale must be a square (d, d) matrix, got shape {scale.shape}")
     if d is not None and scale.shape[0] != d:
         raise ValueError(f"scale is {scale.shape[0]}x{scale.shape[0]} but the data have d={d}")
-    if not np.allclose(scale, scale.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(scale).max())):
+    if not np.allclose(scale, scale.T, rtol=1e-10, atol=1e-12 * np.abs(scale).max()):
         raise ValueError("scale must be symmetric")
     return scale
 

@@ -50,6 +50,6 @@ def check_gaussian(mean, cov, d: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"cov must have shape ({d}, {d}) to match the data, got {cov.shape}")
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
         raise ValueError("mean and cov must be finite")
-    if not np.allclose(cov, cov.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(cov).max())):
+    if not np.allclose(cov, cov.T, rtol=1e-10, atol=1e-12 * np.abs(cov).max()):
         raise ValueError("cov must be symmetric; pass (cov + cov.T) / 2 if it is round-off")
     return mean, cov
