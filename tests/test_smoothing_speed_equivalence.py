@@ -92,3 +92,13 @@ def test_split_by_rows_keeps_order_and_balances_rows():
     assert [item for run in runs for item in run] == blocks
     assert len(runs) == 2
     assert _split_by_rows(blocks[:1], 3) == [blocks[:1]]
+
+
+def test_threaded_draw_under_the_callers_inference_mode(two_threads):
+    # The buffer is then an inference tensor; the drawing threads must be allowed to fill it.
+    base = RecordingBase(24, 5).eval()
+    smoothed = SmoothedClassifier(base, 5, 0.5, batch_size=100)
+    xs = torch.rand(3, 24, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        counts = smoothed.sample_counts(xs, 450, seeds=[1, 2, 3])
+    assert torch.equal(counts, reference_counts(smoothed, xs, 450, [1, 2, 3], stream=0))

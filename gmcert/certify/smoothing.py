@@ -152,7 +152,7 @@ class SmoothedClassifier:
             return
         pool = _draw_pool(len(generators) - 1)
         pending = [
-            pool.submit(_draw_blocks, noise, part, self.sigma, generator)
+            pool.submit(_draw_blocks_in_worker, noise, part, self.sigma, generator)
             for part, generator in zip(parts[1:], generators[1:], strict=False)
         ]
         _draw_blocks(noise, parts[0], self.sigma, generators[0])
@@ -363,10 +363,16 @@ def _split_by_rows(blocks: list, parts: int) -> list[list]:
 
 
 def _draw_blocks(noise: torch.Tensor, blocks, sigma: float, generator: torch.Generator) -> None:
+    for start, seed, count in blocks:
+        generator.manual_seed(seed)
+        noise[start : start + count].normal_(0.0, sigma, generator=generator)
+
+
+def _draw_blocks_in_worker(noise, blocks, sigma: float, generator) -> None:
+    # Inference mode is per thread: without it a worker may not write into a buffer that was
+    # made under the caller's inference mode.
     with torch.inference_mode():
-        for start, seed, count in blocks:
-            generator.manual_seed(seed)
-            noise[start : start + count].normal_(0.0, sigma, generator=generator)
+        _draw_blocks(noise, blocks, sigma, generator)
 
 
 def _draw_threads(device: torch.device, batches: int) -> int:
