@@ -3,7 +3,10 @@
 Runs each case in this process (one job of an experiment, outputs in a temporary folder, the
 feature and weight caches of ``paths.cache_dir`` used as in any run) and writes
 outputs/bench/stages.json: per case the stage seconds and peak resident memory from the run's
-metrics.json, the total, and whether any stage after certify took longer than certify itself.
+metrics.json (every stage of STAGES, null where the case does not run it), the total, and
+whether any stage after certify took longer than certify itself (issue 21: none should on the
+closed-form experiment, fashion_mnist). The same figures are drawn in outputs/bench/stages.png.
+The divergence stage is eps (with its null calibration) and the degraded bound.
 
 Targets (issue 17): experiment=fashion_mnist (both jobs) within 5 minutes on 2 cores,
 fashion_mnist_lipschitz within 15 including training. Cases whose data is absent are listed as
@@ -16,6 +19,7 @@ trained encoders' figures include their training and no case reads another's fea
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -42,7 +46,9 @@ CASES = {
     "fashion_mnist_cnn": (["experiment=fashion_mnist_cnn"], FASHION),
 }
 DEFAULT = ("digits", "fashion_mnist/identity", "fashion_mnist/pca")
+STAGES = ("data", "encode", "fit", "heads", "certify", "attack", "evaluate", "divergence")
 AFTER_CERTIFY = ("attack", "evaluate", "divergence")
+OUT = ROOT / "outputs" / "bench"
 
 
 def config(overrides: list[str], out_dir: Path, cache_dir: Path | None = None):
@@ -80,25 +86,68 @@ def bench(name: str, overrides: list[str]) -> dict:
     memory = metrics.get("stage_peak_memory_bytes") or {}
     certify = seconds.get("certify", 0.0)
     slower = [s for s in AFTER_CERTIFY if seconds.get(s, 0.0) > certify]
+    unknown = sorted(set(seconds) - set(STAGES))  # a stage added to the pipeline later
     row = {
         "case": name,
         "overrides": overrides,
         "total_seconds": total,
-        "stage_seconds": seconds,
-        "stage_peak_memory_gib": {k: v / 2**30 for k, v in memory.items()},
+        "stage_seconds": {k: seconds.get(k) for k in (*STAGES, *unknown)},
+        "stage_peak_memory_gib": {
+            k: memory[k] / 2**30 if k in memory else None for k in (*STAGES, *unknown)
+        },
+        "stages_not_run": [k for k in STAGES if k not in seconds],
         "stages_after_certify_slower_than_certify": slower,
+        "no_stage_after_certify_slower": not slower,
         "cache_hits": metrics.get("cache_hits"),
     }
     print(
         f"{name}: {total:.1f} s ("
-        + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
+        + ", ".join(f"{k} {v:.1f} s/{memory.get(k, 0) / 2**30:.2f} GiB" for k, v in seconds.items())
         + ")"
-        + (f"; slower than certify: {slower}" if slower else "")
+        + (f"; SLOWER THAN CERTIFY: {slower}" if slower else "; none after certify slower")
     )
     return row
 
 
-def main(names: list[str]) -> None:
+def draw(cases: list[dict], path: Path) -> None:
+    """Seconds and peak memory per stage, one bar group per case (skipped cases left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ran = [c for c in cases if "stage_seconds" in c]
+    if not ran:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 + 0.45 * len(STAGES) * len(ran) ** 0.5))
+    height = 0.8 / len(ran)
+    where = np.arange(len(STAGES))
+    for i, case in enumerate(ran):
+        for ax, key in zip(axes, ("stage_seconds", "stage_peak_memory_gib"), strict=True):
+            values = [case[key].get(stage) or 0.0 for stage in STAGES]
+            ax.barh(where + i * height, values, height, label=case["case"])
+    for ax, label in zip(axes, ("wall seconds (log)", "peak resident memory, GiB"), strict=True):
+        ax.set_yticks(where + 0.4 - height / 2, STAGES)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+    axes[0].set_xscale("log")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Stages of one run (scripts/bench_stages.py); not run: no bar")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.png")
+    fig.savefig(partial, dpi=110)
+    plt.close(fig)
+    partial.replace(path)  # atomic: a reader never sees half a figure
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("cases", nargs="*", help=f"default: {' '.join(DEFAULT)}")
+    parser.add_argument("--out", type=Path, default=OUT / "stages.json", help="JSON report")
+    args = parser.parse_args(argv)
+    names = args.cases
     unknown = set(names) - set(CASES)
     if unknown:
         sys.exit(f"unknown case(s) {sorted(unknown)}; choose from {sorted(CASES)}")
@@ -114,12 +163,13 @@ def main(names: list[str]) -> None:
             continue
         cases.append(bench(name, overrides))
     write_report(
-        ROOT / "outputs" / "bench" / "stages.json",
+        args.out,
         cases,
         definition="wall seconds and peak resident memory per stage of one whole run",
         target=None,
         load_before=load_before,
     )
+    draw(cases, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
