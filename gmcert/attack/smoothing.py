@@ -39,6 +39,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from gmcert.attack.results import Attacked
 from gmcert.certify.smoothing import ABSTAIN, block_seed
 
 log = logging.getLogger(__name__)
@@ -53,19 +54,12 @@ BUDGET_FACTOR = 1.5  # the gradient attack's l2 ball: this times max(R, sigma / 
 
 
 @dataclass(frozen=True)
-class SmoothedAttacked:
-    """One smoothing method's attack, as :class:`gmcert.attack.stage.Attacked` for the
-    closed form (``radius`` by index: inf where no loss of the prediction was found, 0 where
-    CERTIFY abstained; ``violations``: the confirmed flips when beyond what alpha allows, else
-    empty), plus ``flips`` (every confirmed flip inside a certified radius) and ``details``
-    (metrics.json's account: counts, noise, the binomial test)."""
+class SmoothedAttacked(Attacked):
+    """One smoothing method's attack (``radius`` by index: inf where no loss of the prediction
+    was found, 0 where CERTIFY abstained; ``violations``: the confirmed flips when beyond what
+    alpha allows, else empty), plus ``flips`` (every confirmed flip inside a certified radius)
+    and ``details`` (metrics.json's account: counts, noise, the binomial test)."""
 
-    radius: pd.Series
-    violations: list[dict]
-    seconds: float
-    norm: str
-    space: str
-    method: str
     flips: list[dict]
     details: dict
 

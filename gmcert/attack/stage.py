@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,7 +25,8 @@ from torch import nn
 
 from gmcert.attack.linear import linear_boundary_projection
 from gmcert.attack.minimum_norm import minimum_norm_attack
-from gmcert.attack.smoothing import SmoothedAttacked, attack_smoothed
+from gmcert.attack.results import Attacked
+from gmcert.attack.smoothing import attack_smoothed
 from gmcert.certify.methods import CertificationMethod, CertifyInputs
 from gmcert.data import Split
 from gmcert.models.heads import MixtureHead
@@ -63,27 +63,13 @@ def attack_enabled(options, test: Split, methods) -> bool:
     return options.enabled
 
 
-@dataclass(frozen=True)
-class Attacked:
-    """Per attacked point: ``radius`` (attack radius, inf where none was found) by index;
-    ``violations``: the points whose certificate the attack beat; ``seconds``; the
-    ``method`` attacked."""
-
-    radius: pd.Series
-    violations: list[dict]
-    seconds: float
-    norm: str
-    space: str
-    method: str
-
-
 def attack_all(
     predictions: pd.DataFrame,
     methods,
     inputs: CertifyInputs,
     positions: np.ndarray,
     options,
-) -> list[Attacked | SmoothedAttacked]:
+) -> list[Attacked]:
     """Each of :func:`attacked_methods`, by the attack its kind of certificate needs."""
     attacks = []
     for method in attacked_methods(methods, options):

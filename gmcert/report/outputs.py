@@ -26,8 +26,8 @@ def write_run(
     title: str,
     attacks=(),
 ) -> None:
-    """``attacks``: the attack stage's results, one per attacked method (Attacked or
-    SmoothedAttacked)."""
+    """``attacks``: the attack stage's results, one per attacked method (Attacked;
+    SmoothedAttacked for smoothing)."""
     write_csv(out_dir / "certified_accuracy.csv", table)
     plot_certified_accuracy(
         predictions,
