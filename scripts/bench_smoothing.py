@@ -13,10 +13,6 @@ forward batch, reseed a generator, draw the block on one thread, add the input, 
 
     overhead_vs_limit = median smoothing time / median limit time - 1    (target: <= 0.03)
 
-``before`` is a copy of sample_counts as it was before the draw was split over threads (one
-block after another on the calling thread), kept here only to measure the change in the same
-run; ``noise_threaded`` is the new draw alone (blocks of ``threads`` forward batches at once).
-
 Figures go to ``outputs/bench/smoothing.json`` (written to a temporary file, then renamed).
 Usage: ``python scripts/bench_smoothing.py [--devices cpu cuda] [--cpu-threads 1 2] [--repeats 9]``.
 """
@@ -36,12 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import bare_and_smoothing, interleaved, write_report  # noqa: E402  (scripts/ is on the path: this file's folder)
 
-from gmcert.certify.smoothing import (  # noqa: E402
-    SmoothedClassifier,
-    _draw_threads,
-    _pack_blocks,
-    block_seed,
-)
+from gmcert.certify.smoothing import SmoothedClassifier, block_seed  # noqa: E402
 
 TARGET_OVERHEAD = 0.10
 TARGET_OVERHEAD_VS_LIMIT = 0.03
@@ -68,40 +59,6 @@ MODELS = {
     "mlp_64": (small_mlp, (64,)),
     "cnn_3x32x32": (small_cnn, (3, 32, 32)),
 }
-
-
-def sample_counts_before(smoothed: SmoothedClassifier, xs, num: int, seeds, stream: int = 0):
-    """sample_counts before issue 21 (every block drawn on the calling thread), for comparison."""
-    m_inputs, k, device = xs.shape[0], smoothed.num_classes, smoothed.device
-    counts = torch.zeros(m_inputs * k, dtype=torch.int64, device=device)
-    rows = min(smoothed.batch_size, m_inputs * num)
-    noise = torch.empty((rows, *xs.shape[1:]), dtype=xs.dtype, device=device)
-    ones = torch.ones(rows, dtype=torch.int64, device=device)
-    generator = torch.Generator(device)
-    with torch.inference_mode():
-        for batch in _pack_blocks(m_inputs, num, smoothed.batch_size):
-            size = sum(count for _, _, count in batch)
-            start = 0
-            for owner, block, count in batch:
-                generator.manual_seed(block_seed(seeds[owner], stream, block))
-                noise[start : start + count].normal_(0.0, smoothed.sigma, generator=generator)
-                start += count
-            if len(batch) == 1:
-                first = batch[0][0]
-                noise[:size].add_(xs[first])
-                target, offset = counts[first * k : (first + 1) * k], None
-            else:
-                owners, _, sizes = zip(*batch, strict=True)
-                owner = torch.repeat_interleave(
-                    torch.tensor(owners, device=device), torch.tensor(sizes, device=device)
-                )
-                noise[:size].add_(xs.index_select(0, owner))
-                target, offset = counts, owner * k
-            labels = smoothed.base(noise[:size]).argmax(dim=1)
-            if offset is not None:
-                labels += offset
-            target.index_add_(0, labels, ones[:size])
-    return counts.view(m_inputs, k)
 
 
 def bench_case(
@@ -141,39 +98,17 @@ def bench_case(
             generator.manual_seed(block_seed(0, 0, block))
             base(noise.normal_(0.0, sigma, generator=generator).add_(x))
 
-    def before():
-        sample_counts_before(smoothed, x, samples, seeds=[0])
-
-    blocks = _pack_blocks(1, samples, batch_size)
-    drawers = _draw_threads(device, len(blocks))
-    buffer = torch.empty((drawers * batch_size, *input_shape), device=device)
-    generators = [torch.Generator(device) for _ in range(drawers)]
-
-    @torch.inference_mode()
-    def noise_threaded():
-        # The draw as sample_counts does it now: the blocks of `drawers` batches at once.
-        for first in range(0, len(blocks), drawers):
-            smoothed._draw(buffer, blocks[first : first + drawers], batch_size, [0], 0, generators)
-
-    now = smoothed.sample_counts(x, samples, seeds=[0])
-    if not torch.equal(now, sample_counts_before(smoothed, x, samples, seeds=[0])):
-        raise SystemExit(f"{name}: sample_counts no longer gives the counts of the code before")
     runs = {
         **bare_and_smoothing(base, smoothed, x, inputs, batches),
         "limit": limit,
-        "before": before,
         "naive": naive,
         "noise": noise_only,
-        "noise_threaded": noise_threaded,
     }
     times, cpu_times = interleaved(runs, repeats, device)
     median = {key: statistics.median(v) for key, v in times.items()}
     cpu_median = {key: statistics.median(v) for key, v in cpu_times.items()}
     paired = [s / b for s, b in zip(times["smoothing"], times["bare"], strict=True)]
-
-    def paired_ratio(top: str, bottom: str) -> float:
-        return statistics.median(a / b for a, b in zip(times[top], times[bottom], strict=True))
-
+    paired_limit = [s / b for s, b in zip(times["smoothing"], times["limit"], strict=True)]
     return {
         "model": name,
         "device": str(device),
@@ -194,18 +129,12 @@ def bench_case(
         "overhead_cpu_time": cpu_median["smoothing"] / cpu_median["bare"] - 1,
         "overhead_naive_loop": median["naive"] / median["bare"] - 1,
         "noise_share_of_bare": median["noise"] / median["bare"],
-        "threaded_noise_share_of_bare": median["noise_threaded"] / median["bare"],
-        "draw_threads": drawers,
         "within_target": median["smoothing"] / median["bare"] - 1 <= TARGET_OVERHEAD,
-        # Against the limit (bare forward + one-thread draw, one loop) and the code before.
+        # Against the limit: bare forward + one-thread draw, one loop.
         "overhead_vs_limit": median["smoothing"] / median["limit"] - 1,
-        "overhead_vs_limit_paired": paired_ratio("smoothing", "limit") - 1,
+        "overhead_vs_limit_paired": statistics.median(paired_limit) - 1,
         "overhead_vs_limit_best_of": min(times["smoothing"]) / min(times["limit"]) - 1,
         "overhead_vs_limit_cpu_time": cpu_median["smoothing"] / cpu_median["limit"] - 1,
-        "before_overhead_vs_limit": median["before"] / median["limit"] - 1,
-        "before_overhead_vs_limit_paired": paired_ratio("before", "limit") - 1,
-        "before_overhead": median["before"] / median["bare"] - 1,
-        "speedup_over_before_paired": paired_ratio("before", "smoothing"),
         "within_target_vs_limit": median["smoothing"] / median["limit"] - 1
         <= TARGET_OVERHEAD_VS_LIMIT,
     }
@@ -267,14 +196,10 @@ def _run_case(name, device, threads, batch_size, repeats, sigma) -> dict:
         f"(paired {case['overhead_median_of_paired_ratios']:+.1%}, best-of "
         f"{case['overhead_best_of']:+.1%}, CPU time {case['overhead_cpu_time']:+.1%}; "
         f"naive loop {case['overhead_naive_loop']:+.1%}; "
-        f"noise alone {case['noise_share_of_bare']:.1%} of bare)\n"
-        f"{'':22s} vs limit (bare + draw): now {case['overhead_vs_limit']:+.1%} (paired "
-        f"{case['overhead_vs_limit_paired']:+.1%}, best-of {case['overhead_vs_limit_best_of']:+.1%}"
-        f", CPU time {case['overhead_vs_limit_cpu_time']:+.1%}), before "
-        f"{case['before_overhead_vs_limit']:+.1%} (paired "
-        f"{case['before_overhead_vs_limit_paired']:+.1%}); before/now "
-        f"{case['speedup_over_before_paired']:.3f}; draw on {case['draw_threads']} thread(s) "
-        f"{case['threaded_noise_share_of_bare']:.1%} of bare"
+        f"noise alone {case['noise_share_of_bare']:.1%} of bare; vs bare + draw "
+        f"{case['overhead_vs_limit']:+.1%}, paired {case['overhead_vs_limit_paired']:+.1%}, "
+        f"best-of {case['overhead_vs_limit_best_of']:+.1%}, CPU time "
+        f"{case['overhead_vs_limit_cpu_time']:+.1%})"
     )
     return case
 

@@ -18,7 +18,6 @@ import math
 import numbers
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,74 +118,42 @@ class SmoothedClassifier:
             raise ValueError(f"got {len(seeds)} seeds for {m_inputs} inputs: give one per input")
         counts = torch.zeros(m_inputs * k, dtype=torch.int64, device=self.device)
         rows = min(self.batch_size, m_inputs * num)
-        batches = _pack_blocks(m_inputs, num, self.batch_size)
-        # On CPU torch draws normal noise on one thread whatever the thread setting, so the
-        # blocks of `drawers` forward batches are drawn at once, split over that many threads
-        # (each block has its own generator: the noise does not depend on the split).
-        drawers = _draw_threads(self.device, len(batches))
-        noise = torch.empty((drawers * rows, *xs.shape[1:]), dtype=xs.dtype, device=self.device)
+        noise = torch.empty((rows, *xs.shape[1:]), dtype=xs.dtype, device=self.device)
         ones = torch.ones(rows, dtype=torch.int64, device=self.device)
-        generators = [torch.Generator(self.device) for _ in range(drawers)]
+        generator = torch.Generator(self.device)
         with torch.inference_mode():
-            for first in range(0, len(batches), drawers):
-                group = batches[first : first + drawers]
-                self._draw(noise, group, rows, seeds, stream, generators)
-                for slot, batch in enumerate(group):
-                    size = sum(count for _, _, count in batch)
-                    noisy = noise[slot * rows : slot * rows + size]
-                    self._count(noisy, xs, batch, counts, ones[:size])
+            for batch in _pack_blocks(m_inputs, num, self.batch_size):
+                size = sum(count for _, _, count in batch)
+                start = 0
+                for owner, block, count in batch:
+                    generator.manual_seed(block_seed(seeds[owner], stream, block))
+                    noise[start : start + count].normal_(0.0, self.sigma, generator=generator)
+                    start += count
+                if len(batch) == 1:  # copies of one input: broadcast it, no copy of x
+                    first = batch[0][0]
+                    noise[:size].add_(xs[first])
+                    target = counts[first * k : (first + 1) * k]
+                    offset = None
+                else:
+                    owners, _, sizes = zip(*batch, strict=True)
+                    owner = torch.repeat_interleave(
+                        torch.tensor(owners, device=self.device),
+                        torch.tensor(sizes, device=self.device),
+                    )
+                    noise[:size].add_(xs.index_select(0, owner))
+                    target, offset = counts, owner * k
+                scores = self.base(noise[:size])
+                if scores.shape != (size, k):
+                    raise ValueError(
+                        f"base returned scores of shape {tuple(scores.shape)} for {size} inputs; "
+                        f"expected ({size}, {k}): set num_classes to the base model's output size"
+                    )
+                labels = scores.argmax(dim=1)
+                if offset is not None:
+                    labels += offset
+                # index_add_ rather than bincount: CUDA bincount reads min/max back to the host.
+                target.index_add_(0, labels, ones[:size])
         return counts.view(m_inputs, k)
-
-    def _draw(self, noise, group, rows: int, seeds, stream: int, generators) -> None:
-        """Pure noise ``N(0, sigma^2)`` for the forward batches of ``group``, batch ``j`` in rows
-        ``j * rows ...`` of ``noise``: each block from its own generator, seeded by
-        :func:`block_seed`; the blocks are split over ``len(generators)`` threads."""
-        blocks = [
-            (slot * rows + start, block_seed(seeds[owner], stream, block), count)
-            for slot, batch in enumerate(group)
-            for owner, block, count, start in _with_starts(batch)
-        ]
-        parts = _split_by_rows(blocks, len(generators))
-        if len(parts) == 1:
-            _draw_blocks(noise, parts[0], self.sigma, generators[0])
-            return
-        pool = _draw_pool(len(generators) - 1)
-        pending = [
-            pool.submit(_draw_blocks_in_worker, noise, part, self.sigma, generator)
-            for part, generator in zip(parts[1:], generators[1:], strict=False)
-        ]
-        _draw_blocks(noise, parts[0], self.sigma, generators[0])
-        for future in pending:
-            future.result()
-
-    def _count(self, noisy, xs, batch, counts, ones) -> None:
-        """Shift the pure noise ``noisy`` of one forward batch onto its inputs, classify, and
-        add each copy's predicted class to its input's row of ``counts``."""
-        k, size = self.num_classes, len(noisy)
-        if len(batch) == 1:  # copies of one input: broadcast it, no copy of x
-            first = batch[0][0]
-            noisy.add_(xs[first])
-            target = counts[first * k : (first + 1) * k]
-            offset = None
-        else:
-            owners, _, sizes = zip(*batch, strict=True)
-            owner = torch.repeat_interleave(
-                torch.tensor(owners, device=self.device),
-                torch.tensor(sizes, device=self.device),
-            )
-            noisy.add_(xs.index_select(0, owner))
-            target, offset = counts, owner * k
-        scores = self.base(noisy)
-        if scores.shape != (size, k):
-            raise ValueError(
-                f"base returned scores of shape {tuple(scores.shape)} for {size} inputs; "
-                f"expected ({size}, {k}): set num_classes to the base model's output size"
-            )
-        labels = scores.argmax(dim=1)
-        if offset is not None:
-            labels += offset
-        # index_add_ rather than bincount: CUDA bincount reads min/max back to the host.
-        target.index_add_(0, labels, ones)
 
     # ------------------------------------------------------------------ CERTIFY / PREDICT
 
@@ -336,61 +303,6 @@ def _pack_blocks(m_inputs: int, num: int, rows: int) -> list[list[tuple[int, int
     if current:
         batches.append(current)
     return batches
-
-
-def _with_starts(batch):
-    """The (input, block, count) triples of one forward batch with each block's first row."""
-    start = 0
-    for owner, block, count in batch:
-        yield owner, block, count, start
-        start += count
-
-
-def _split_by_rows(blocks: list, parts: int) -> list[list]:
-    """``blocks`` (first row, seed, count), cut in order into at most ``parts`` runs of about
-    equal rows (the work of drawing them)."""
-    total = sum(count for _, _, count in blocks)
-    runs, current, done = [], [], 0
-    for item in blocks:
-        current.append(item)
-        done += item[2]
-        if done * parts >= total * (len(runs) + 1) and len(runs) < parts - 1:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return runs
-
-
-def _draw_blocks(noise: torch.Tensor, blocks, sigma: float, generator: torch.Generator) -> None:
-    for start, seed, count in blocks:
-        generator.manual_seed(seed)
-        noise[start : start + count].normal_(0.0, sigma, generator=generator)
-
-
-def _draw_blocks_in_worker(noise, blocks, sigma: float, generator) -> None:
-    # Inference mode is per thread: without it a worker may not write into a buffer that was
-    # made under the caller's inference mode.
-    with torch.inference_mode():
-        _draw_blocks(noise, blocks, sigma, generator)
-
-
-def _draw_threads(device: torch.device, batches: int) -> int:
-    """Threads that draw CPU noise: torch's thread setting, at most one per forward batch (a
-    CUDA draw is one asynchronous kernel already)."""
-    if device.type != "cpu":
-        return 1
-    return max(1, min(torch.get_num_threads(), batches))
-
-
-_DRAW_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _draw_pool(workers: int) -> ThreadPoolExecutor:
-    """A lasting pool of ``workers`` threads that draw noise beside the calling thread."""
-    if workers not in _DRAW_POOLS:
-        _DRAW_POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="gmcert-noise")
-    return _DRAW_POOLS[workers]
 
 
 def _as_batch_of_one(x) -> torch.Tensor:
