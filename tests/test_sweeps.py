@@ -63,6 +63,23 @@ def test_shards_run_in_process_merge_to_the_unsplit_table(tmp_path, unsplit):
     assert (part["n"] == 120).all() and (table["n"] == 360).all()
 
 
+def test_merged_shards_recompute_the_bound_columns(tmp_path):
+    """With an eps (here a stated budget), the merge keeps the bound, which depends on Q only,
+    and recomputes above_bound from the whole table's intervals."""
+    with_eps = [*FAST, "divergence.eps=0.0"]
+    whole = compose_config(tmp_path / "whole", with_eps)
+    run(whole)
+    for shard in range(6):  # small parts: their intervals are wider than the whole's
+        cfg = compose_config(tmp_path, [*with_eps, "certify.shards=6", f"certify.shard={shard}"])
+        cfg.paths.output_dir = str(tmp_path / "split" / str(shard))
+        run(cfg)
+    table = pd.read_csv(f"{whole.paths.output_dir}/certified_accuracy.csv")
+    assert table["bound_at_eps"].notna().any() and not table["above_bound"].all()
+    merged = report([tmp_path / "split"], tmp_path / "report")["combined"].drop(columns="run")
+    merged["above_bound"] = merged["above_bound"].astype(bool)  # no NA here; the csv reads bool
+    pd.testing.assert_frame_equal(merged, table, check_exact=False, rtol=1e-12)
+
+
 @pytest.mark.slow
 def test_split_over_three_jobs_merges_to_the_unsplit_table(tmp_path, unsplit):
     gmcert_run(

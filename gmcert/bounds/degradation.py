@@ -55,11 +55,14 @@ def add_bound_columns(
         if value is not None:
             table[column] = np.nan
             table.loc[rows, column] = kl_inverse_lower(q, value)
-    table["above_bound"] = pd.Series(pd.NA, index=table.index, dtype="boolean")
-    table.loc[rows, "above_bound"] = (
-        table.loc[rows, "ci_high"] >= table.loc[rows, "bound_at_eps"] - 1e-12
-    )
+    table["above_bound"] = above_bound(table["ci_high"], table["bound_at_eps"])
     return table
+
+
+def above_bound(ci_high: pd.Series, bound: pd.Series) -> pd.Series:
+    """Whether the measured certified accuracy's upper interval end reaches the bound at eps
+    (a nullable boolean: NA where there is no bound); 1e-12 of slack for rounding."""
+    return (ci_high >= bound - 1e-12).where(bound.notna(), pd.NA).astype("boolean")
 
 
 def sensitivity_curves(population_low, eps_grid) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from gmcert.bounds.degradation import above_bound
 from gmcert.io import atomic_write, write_csv
 from gmcert.report.table import method_table
 
@@ -207,9 +208,7 @@ def _merged_table(group: list[RunFolder]) -> pd.DataFrame:
             table[extra] = rows[extra].to_numpy()
         table["empirical_robust_accuracy"] = np.nan  # the parts' attacks are not merged
         if "above_bound" in table:
-            bound = table["bound_at_eps"]
-            merged_above = table["ci_high"] >= bound - 1e-12
-            table["above_bound"] = merged_above.where(bound.notna(), pd.NA).astype("boolean")
+            table["above_bound"] = above_bound(table["ci_high"], table["bound_at_eps"])
         tables.append(table[first.columns])
     return pd.concat(tables, ignore_index=True)
 
