@@ -37,3 +37,26 @@ def test_help_from_the_command_line():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("gmcert-run: ") and "schema_" not in proc.stdout
     assert "powered by Hydra" not in proc.stdout and "cli " not in proc.stdout
+
+
+def test_the_package_imports_its_api_on_first_use():
+    """``import gmcert`` (and the config the CLI reads first) loads no certifier, estimator or
+    torch; each public name still resolves to its implementation."""
+    code = (
+        "import sys, gmcert, gmcert.config\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gmcert.')), 'torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    modules, torch_loaded = proc.stdout.rsplit(" ", 1)
+    assert torch_loaded.strip() == "False", proc.stdout + proc.stderr
+    assert not {"gmcert.pipeline", "gmcert.eps", "gmcert.models", "gmcert.report"} & set(
+        eval(modules)
+    )
+    import gmcert
+    from gmcert.certify.linear import LinearCertifier
+    from gmcert.pipeline import run
+
+    assert gmcert.LinearCertifier is LinearCertifier and gmcert.run is run
+    assert set(gmcert.__all__) <= set(dir(gmcert))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        gmcert.nothing  # noqa: B018
