@@ -45,6 +45,16 @@ def compose_config(tmp_path: Path, overrides: list[str] = ()):
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny matrices and many small ops, where a second
+    thread on a busy 2-core machine only adds contention (tens of times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def make_cfg(tmp_path):
     return lambda *overrides: compose_config(tmp_path, overrides)
 
@@ -177,6 +187,20 @@ def write_cifar10(root: Path, *, per_batch: int = 20, n_test: int = 40, seed: in
         "test_data": test_data,
         "test_labels": test_labels,
     }
+
+
+def npz_arrays(**overrides) -> dict:
+    """A small valid ``dataset=arrays`` content (40 train, 20 test points, 5 features, 3
+    classes); ``overrides`` replace or add members."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.normal(size=(40, 5)).astype(np.float32),
+        "y_train": np.arange(40) % 3,
+        "x_test": rng.normal(size=(20, 5)).astype(np.float32),
+        "y_test": np.arange(20) % 3,
+    }
+    arrays.update(overrides)
+    return arrays
 
 
 def write_idx(root: Path, *, n_train: int = 100, n_test: int = 50, seed: int = 0) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import npz_arrays
 
 from gmcert.report.sweep import report, report_cli
 
@@ -494,18 +495,6 @@ def test_folder_oversized_image_is_refused_before_decoding(tmp_path):
         build_folder(root=tmp_path, image_size=4, resize=True)
 
 
-def _npz_arrays(**overrides):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.normal(size=(40, 5)).astype(np.float32),
-        "y_train": np.arange(40) % 3,
-        "x_test": rng.normal(size=(20, 5)).astype(np.float32),
-        "y_test": np.arange(20) % 3,
-    }
-    arrays.update(overrides)
-    return arrays
-
-
 # complex, strings and channels were refused before too (untested); the others were not.
 NPZ_CASES = {
     "complex": ({"x_train": np.ones((40, 5), np.complex64)}, "x_train has dtype complex64"),
@@ -538,7 +527,7 @@ def test_npz_hostile_arrays_are_refused_with_the_file_named(tmp_path, case):
     from gmcert.data.arrays import build_arrays
 
     overrides, words = NPZ_CASES[case]
-    np.savez(tmp_path / "d.npz", **_npz_arrays(**overrides))
+    np.savez(tmp_path / "d.npz", **npz_arrays(**overrides))
     with pytest.raises(ValueError, match=rf"{tmp_path / 'd.npz'}.*{words}"):
         build_arrays(path=tmp_path / "d.npz")
 
@@ -557,7 +546,7 @@ def test_npz_header_claiming_terabytes_is_refused_without_allocating(tmp_path):
 
     path = tmp_path / "forged.npz"
     with zipfile.ZipFile(path, "w") as z:
-        for key, value in _npz_arrays().items():
+        for key, value in npz_arrays().items():
             buffer = io.BytesIO()
             np.save(buffer, value)
             z.writestr(f"{key}.npy", buffer.getvalue() if key != "x_train" else b"")
@@ -583,7 +572,7 @@ def test_npz_compressed_bomb_is_refused_from_the_headers(tmp_path):
     path = tmp_path / "bomb.npz"
     rows = 20_000_000
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for key, value in _npz_arrays().items():
+        for key, value in npz_arrays().items():
             if key != "x_train":
                 buffer = io.BytesIO()
                 np.save(buffer, value)
@@ -607,7 +596,7 @@ def test_arrays_config_takes_num_classes_from_the_labels(tmp_path):
 
     from gmcert.config import check_options
 
-    np.savez(tmp_path / "d.npz", **_npz_arrays())
+    np.savez(tmp_path / "d.npz", **npz_arrays())
     cfg = compose_config(tmp_path, ["dataset=arrays", f"dataset.path={tmp_path / 'd.npz'}"])
     assert cfg.dataset.num_classes is None
     check_options(cfg)

@@ -38,13 +38,7 @@ def _data(n: int = 90, dim: int = 12, classes: int = 3, seed: int = 0):
     return x.astype(np.float32), y.astype(np.int64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 matrices: one thread is far faster on a busy machine (see seeded())."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 @pytest.fixture(scope="module")

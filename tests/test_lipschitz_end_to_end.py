@@ -76,15 +76,6 @@ def _rebuild(cfg):
     return data, encoder, mixture
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny float64 matrices: one thread is far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_pgd_never_beats_a_certified_input_radius(one_thread):
     # No pipeline: a tiny trained encoder, the shared-covariance head, the closed-form
     # certificate in latent l2 divided by the bound, and our own attack in input space.

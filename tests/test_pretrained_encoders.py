@@ -25,15 +25,7 @@ from gmcert.encoders.hub_models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip, 
 from gmcert.encoders.torchvision_models import resnet, vit
 from gmcert.encoders.wrapper import IMAGENET_MEAN, IMAGENET_STD, BuildOptions, PretrainedEncoder
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny CPU ops: with other jobs on the machine, OpenMP thread contention makes them tens
-    of times slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 @pytest.fixture(scope="module")

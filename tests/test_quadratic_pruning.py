@@ -18,14 +18,7 @@ import torch
 from gmcert.certify.quadratic import QuadraticCertifier
 from gmcert.memory import physical_memory
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small products: on a shared 2-core machine a second thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 def many_class_mixture(K, dim, seed, n_points=60):

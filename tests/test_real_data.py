@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_idx
+from conftest import npz_arrays, write_idx
 from PIL import Image
 
 from gmcert.data import build_dataset
@@ -81,14 +81,7 @@ def test_read_idx_refuses_a_damaged_gzip(tmp_path):
 
 
 def _npz(path, **overrides):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.normal(size=(40, 5)).astype(np.float32),
-        "y_train": np.arange(40) % 3,
-        "x_test": rng.normal(size=(20, 5)).astype(np.float32),
-        "y_test": np.arange(20) % 3,
-    }
-    arrays.update(overrides)
+    arrays = npz_arrays(**overrides)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return arrays
 
