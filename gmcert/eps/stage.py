@@ -75,12 +75,25 @@ def pessimistic_eps(estimates: dict) -> dict:
     is biased in high dimension), the largest interval end and the smallest low end. Negative
     estimates (KL >= 0, so estimator error) count as 0. ``eps_hat`` is None when there is no
     estimate."""
-    joint = {name: v for name, v in estimates["joint"].items() if v.get("estimate") is not None}
+    return _most_pessimistic(estimates["joint"], "estimate")
+
+
+def corrected_eps(estimates: dict) -> dict:
+    """The eps the bound uses with a null calibration: as :func:`pessimistic_eps`, over the
+    null-corrected joint estimates and their intervals."""
+    corrected = _most_pessimistic(estimates["null"]["joint"], "corrected")
+    return {**corrected, "eps_basis": "null-corrected"}
+
+
+def _most_pessimistic(joint: dict, key: str) -> dict:
+    """Over the estimators with a ``key`` reading: the largest (never below 0) with its
+    estimator and own interval, the largest interval end, and the smallest low end."""
+    joint = {name: v for name, v in joint.items() if v.get(key) is not None}
     if not joint:
         return {"eps_hat": None, "eps_upper": None, "eps_ci_low": None, "from_estimator": None}
-    point = max(max(v["estimate"], 0.0) for v in joint.values())
+    worst = max(joint, key=lambda n: joint[n][key])
+    point = max(joint[worst][key], 0.0)
     ends = [max(v["ci_high"], 0.0) for v in joint.values() if v.get("ci_high") is not None]
-    worst = max(joint, key=lambda n: joint[n]["estimate"])
     return {
         "eps_hat": point,
         "eps_upper": max([*ends, point]),
@@ -88,31 +101,6 @@ def pessimistic_eps(estimates: dict) -> dict:
         "from_estimator": worst,
         # the chosen estimator's own interval, as eps_sensitivity.png marks it
         "interval": [joint[worst].get("ci_low"), joint[worst].get("ci_high")],
-    }
-
-
-def corrected_eps(estimates: dict) -> dict:
-    """The eps the bound uses with a null calibration: the largest null-corrected joint
-    estimate over estimators (never below 0), the largest corrected interval end as its upper
-    end and the smallest corrected low end (clipped at 0)."""
-    joint = {n: v for n, v in estimates["null"]["joint"].items() if v.get("corrected") is not None}
-    if not joint:
-        return {
-            "eps_hat": None,
-            "eps_upper": None,
-            "eps_ci_low": None,
-            "from_estimator": None,
-            "eps_basis": "null-corrected",
-        }
-    worst = max(joint, key=lambda n: joint[n]["corrected"])
-    point = max(joint[worst]["corrected"], 0.0)
-    return {
-        "eps_hat": point,
-        "eps_upper": max([point, *(max(v["ci_high"], 0.0) for v in joint.values())]),
-        "eps_ci_low": _lowest([v["ci_low"] for v in joint.values()]),
-        "from_estimator": worst,
-        "interval": [joint[worst]["ci_low"], joint[worst]["ci_high"]],
-        "eps_basis": "null-corrected",
     }
 
 
