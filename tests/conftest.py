@@ -29,19 +29,32 @@ from gmcert.models.mixture import GaussianMixtureClassifier
 CONFIGS = Path(CONFIG_DIR)
 
 
-def compose_config(tmp_path: Path, overrides: list[str] = ()):
-    """A fully composed run config, with every output and the cache under ``tmp_path``."""
+def hydra_config(overrides: list[str] = ()):
+    """The run config as the command line composes it, Hydra's own ``hydra`` node included."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.root_dir = str(tmp_path)
-            cfg.paths.output_dir = str(tmp_path / "run")
-            cfg.paths.cache_dir = str(tmp_path / "cache")
-            cfg.paths.data_dir = str(tmp_path / "data")
-            del cfg.hydra
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def compose_config(tmp_path: Path, overrides: list[str] = ()):
+    """A fully composed run config, with every output and the cache under ``tmp_path``."""
+    cfg = hydra_config(overrides)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+        cfg.paths.data_dir = str(tmp_path / "data")
+        del cfg.hydra
     return cfg
+
+
+# A quick run: the closed-form certificate alone, without the eps estimate and the attack. A
+# test adds what it exercises; Hydra applies overrides in order, so a later value of the same
+# key wins ("attack.enabled=true", "certify.methods=[smoothing_gmm]": the certify=closed_form
+# group keeps its radii, and a smoothing test sets certify.n, whose schema default is the
+# paper-scale 100,000).
+QUICK = ("certify=closed_form", "divergence.enabled=false", "attack.enabled=false")
 
 
 @pytest.fixture
@@ -131,6 +144,53 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------------------------
+# End-to-end tests (marker e2e) and their time budget
+
+# Wall seconds an e2e test may take, its setup (a shared run in a fixture) included. A guard
+# against a quick run quietly becoming slow (a default turned paper-scale, a stage that stops
+# being skipped), not a speed test: the quick runs take 2-20 s on 2 idle cores, and the
+# budget leaves room for a machine shared with other work. A test that is slow on purpose
+# says so: @pytest.mark.e2e(budget=600).
+E2E_BUDGET_S = 60.0
+E2E_SECONDS: dict[str, list[float]] = {}  # nodeid -> [seconds spent, budget]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    yield
+    marker = item.get_closest_marker("e2e")
+    if marker is not None:
+        budget = float(marker.kwargs.get("budget", E2E_BUDGET_S))
+        E2E_SECONDS.setdefault(item.nodeid, [0.0, budget])[0] += call.duration
+
+
+def over_budget() -> dict[str, list[float]]:
+    return {node: spent for node, spent in E2E_SECONDS.items() if spent[0] > spent[1]}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if over_budget() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not E2E_SECONDS:
+        return
+    node, (spent, _) = max(E2E_SECONDS.items(), key=lambda entry: entry[1][0])
+    total = sum(seconds for seconds, _ in E2E_SECONDS.values())
+    terminalreporter.section("end-to-end time budget", sep="-")
+    terminalreporter.write_line(
+        f"{len(E2E_SECONDS)} e2e test(s), {total:.1f} s in all; the slowest: {node}, {spent:.1f} s"
+    )
+    for node, (spent, budget) in sorted(over_budget().items()):
+        terminalreporter.write_line(
+            f"OVER BUDGET (the session fails): {node} took {spent:.1f} s, its budget {budget:g} s",
+            red=True,
+            bold=True,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,8 +308,28 @@ def write_imagenet(root: Path, *, seed: int = 0) -> None:
             (folder / "notes.txt").write_text("not an image")
 
 
+# --------------------------------------------------------------------------------------------
+# The command line, in a fresh interpreter (what a user's shell runs)
+
+
+def cli_command(*args: str) -> list[str]:
+    """``gmcert-run ARGS`` as a command: the console script's entry point, run as a module of
+    this interpreter, so the test runs the checkout it imports."""
+    return [sys.executable, "-m", "gmcert.cli", *map(str, args)]
+
+
+def gmcert_run(*args, cwd=None, status: int = 0, timeout: float = 600):
+    """``gmcert-run ARGS`` to its end, output captured as text; asserts the exit status (the
+    message is the tail of stderr, which says why)."""
+    proc = subprocess.run(
+        cli_command(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == status, proc.stderr[-3000:]
+    return proc
+
+
 def start_cli(args, run_dir, cache_dir, **popen) -> subprocess.Popen:
-    """``gmcert-run ARGS`` in a subprocess, writing to ``run_dir`` with its own cache."""
-    command = [sys.executable, "-m", "gmcert.cli", *args]
-    command += [f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}"]
+    """``gmcert-run ARGS`` started in a subprocess (not waited for), writing to ``run_dir``
+    with its own cache."""
+    command = cli_command(*args, f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
