@@ -1,5 +1,5 @@
 """The eps estimators one by one: Gaussian closed forms, neighbour search, kNN, plug-in,
-Donsker-Varadhan and the bootstrap (gmcert.eps.gaussian, neighbours, knn, plugin, dv,
+Donsker-Varadhan and the bootstrap (gmcert.gaussian, gmcert.eps.neighbours, knn, plugin, dv,
 discriminators, bootstrap).
 
 Every numeric check is against a closed form or a definition (Gaussian KL, scipy densities,

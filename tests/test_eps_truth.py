@@ -19,7 +19,8 @@ from gmcert.data.student_t import (
 )
 from gmcert.data.synthetic import synthetic_parameters
 from gmcert.eps import gaussian_logpdf, kl_gaussian, true_kl
-from gmcert.models.mixture import GaussianMixtureClassifier, sample_gaussian_mixture
+from gmcert.gaussian import sample_gaussian_mixture
+from gmcert.models.mixture import GaussianMixtureClassifier
 
 
 def _mixture(means, covs, priors):

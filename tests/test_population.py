@@ -8,7 +8,8 @@ from scipy import stats
 
 from gmcert.certify.latent import certify_latents
 from gmcert.certify.linear import LinearCertifier
-from gmcert.models.mixture import GaussianMixtureClassifier, sample_gaussian_mixture
+from gmcert.gaussian import sample_gaussian_mixture
+from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.population.accuracy import population_certified_accuracy, two_class_certified_accuracy
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gmcert.gaussian import sample_gaussian_mixture
 from gmcert.models.fitting import fit_robust_mixture
-from gmcert.models.mixture import GaussianMixtureClassifier, sample_gaussian_mixture
+from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.population.ceiling import impossibility_radius, robust_tau
 
 # One direction with a tiny variance and a tiny l2 gap: the Bayes rule leans on it, so its

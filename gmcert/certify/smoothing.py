@@ -25,6 +25,7 @@ import torch
 from scipy import stats
 
 from gmcert.bounds.confidence import clopper_pearson_lower
+from gmcert.checks import check_int, check_sigma
 
 __all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "radius_cap"]
 
@@ -312,27 +313,6 @@ def _as_batch_of_one(x) -> torch.Tensor:
             "use certify_batch for a batch"
         )
     return x.unsqueeze(0)
-
-
-def check_int(value, name: str, minimum: int, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} ({meaning}), got {value!r}")
-    return int(value)
-
-
-def check_sigma(sigma) -> float:
-    """The noise std as a float: finite and > 0 (a bool is refused, not read as 1)."""
-    if (
-        isinstance(sigma, bool)
-        or not isinstance(sigma, numbers.Real)
-        or not math.isfinite(sigma)
-        or sigma <= 0
-    ):
-        raise ValueError(
-            f"sigma must be a finite number > 0 (noise std in [0, 1] pixel units, "
-            f"e.g. 0.25), got {sigma!r}"
-        )
-    return float(sigma)
 
 
 def _check_sampling(*, n, alpha) -> None:

@@ -37,7 +37,7 @@ from scipy import linalg, special
 
 from gmcert.data import GroundTruth, LabelledData, class_log_joint
 from gmcert.data.synthetic import synthetic_parameters
-from gmcert.eps.gaussian import cholesky, kl_gaussian_from_cholesky
+from gmcert.gaussian import cholesky, kl_gaussian_from_cholesky
 
 __all__ = [
     "sample_student_t_mixture",

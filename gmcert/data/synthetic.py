@@ -6,7 +6,7 @@ import numpy as np
 from scipy import stats
 
 from gmcert.data import GroundTruth, LabelledData, class_log_joint
-from gmcert.models.mixture import sample_gaussian_mixture
+from gmcert.gaussian import sample_gaussian_mixture
 
 
 def synthetic_parameters(*, num_classes, dim, separation, covariance, seed):

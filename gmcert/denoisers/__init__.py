@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import torch
 
-from gmcert.certify.smoothing import check_sigma
+from gmcert.checks import check_sigma
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ because each is biased in a different way in high dimension:
              term; errs low when the discriminator is a poor log-ratio.
 
 Modules, one job each: :mod:`~gmcert.eps.results` (the :class:`TermEstimate` every estimator
-returns), :mod:`~gmcert.eps.checks` (input checks), :mod:`~gmcert.eps.gaussian` (closed forms),
+returns), :mod:`~gmcert.eps.checks` (the neighbour order's check; the Gaussian closed forms
+and sample checks are the package's, in :mod:`gmcert.gaussian` and :mod:`gmcert.checks`),
 :mod:`~gmcert.eps.neighbours` (batched torch neighbour search; :class:`NeighbourSearch` holds its
 settings), the estimators above and their discriminators (:mod:`~gmcert.eps.discriminators`),
 :mod:`~gmcert.eps.bootstrap`, :mod:`~gmcert.eps.null` (each estimator on samples of Q itself,
@@ -31,7 +32,6 @@ of eps. All statistics are float64. Units: latent coordinates in, nats out.
 from gmcert.eps.bootstrap import bootstrap_ci
 from gmcert.eps.dv import kl_dv_gaussian, kl_dv_lower_bound
 from gmcert.eps.estimate import estimate_eps, label_kl
-from gmcert.eps.gaussian import gaussian_logpdf, kl_gaussian
 from gmcert.eps.gaussianity import gaussianity_tests, henze_zirkler_test, mardia_test
 from gmcert.eps.knn import kl_knn
 from gmcert.eps.neighbours import Neighbours, NeighbourSearch, kth_neighbour_distance
@@ -39,6 +39,7 @@ from gmcert.eps.per_class import ESTIMATORS
 from gmcert.eps.plugin import entropy_kozachenko_leonenko, kl_plugin_gaussian
 from gmcert.eps.results import TermEstimate
 from gmcert.eps.truth import true_kl
+from gmcert.gaussian import gaussian_logpdf, kl_gaussian
 
 __all__ = [
     "ESTIMATORS",

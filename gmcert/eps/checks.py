@@ -1,31 +1,14 @@
-"""Input checks shared by the eps estimators: sample matrices, Gaussian parameters, k.
+"""Input checks of the eps estimators' own options (the neighbour order k); the sample and
+Gaussian checks every layer shares are in :mod:`gmcert.checks`.
 
-Each check raises ``ValueError`` with the fix in the message, and returns float64 arrays.
+Each check raises ``ValueError`` with the fix in the message.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-__all__ = ["as_matrix", "check_gaussian", "check_k"]
-
-
-def as_matrix(a, name: str) -> np.ndarray:
-    """float64 (n, d) copy-free view where possible; rejects NaN/inf and wrong ranks."""
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    arr = np.asarray(a, dtype=np.float64)
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D array of shape (n, d), got shape {arr.shape}; "
-            "reshape a single sample with x[None, :]"
-        )
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}); pass at least one sample")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf; drop or impute those rows first")
-    return arr
+__all__ = ["check_k"]
 
 
 def check_k(k: int, available: int, what: str) -> None:
@@ -37,19 +20,3 @@ def check_k(k: int, available: int, what: str) -> None:
             f"k={k} neighbours requested but {what} has only {available} candidate points; "
             "lower k or pass more samples"
         )
-
-
-def check_gaussian(mean, cov, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean (d,), cov (d, d)) as float64, finite and symmetric (positive definiteness is left
-    to the Cholesky factorisation that every caller does anyway)."""
-    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-    cov = np.asarray(cov, dtype=np.float64)
-    if mean.shape != (d,):
-        raise ValueError(f"mean must have shape ({d},) to match the data, got {mean.shape}")
-    if cov.shape != (d, d):
-        raise ValueError(f"cov must have shape ({d}, {d}) to match the data, got {cov.shape}")
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
-        raise ValueError("mean and cov must be finite")
-    if not np.allclose(cov, cov.T, rtol=1e-10, atol=1e-12 * np.abs(cov).max()):
-        raise ValueError("cov must be symmetric; pass (cov + cov.T) / 2 if it is round-off")
-    return mean, cov

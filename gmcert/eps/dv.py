@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import linalg, special
 
-from gmcert.eps.checks import as_matrix, check_gaussian
+from gmcert.checks import as_matrix, check_gaussian
 from gmcert.eps.discriminators import generative_logit, logistic_logit
-from gmcert.eps.gaussian import cholesky
 from gmcert.eps.results import TermEstimate
+from gmcert.gaussian import cholesky
 
 __all__ = ["kl_dv_gaussian", "kl_dv_lower_bound", "dv_gaussian_from_cholesky"]
 

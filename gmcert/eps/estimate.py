@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from gmcert.checks import as_matrix
 from gmcert.eps.bootstrap import bootstrap_replicates, check_boot, percentile_bounds
-from gmcert.eps.checks import as_matrix
 from gmcert.eps.neighbours import NeighbourSearch
 from gmcert.eps.null import corrected_interval, null_readings, resolution_line
 from gmcert.eps.per_class import ESTIMATORS, ClassContext

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import linalg, stats
 
-from gmcert.eps.checks import as_matrix
+from gmcert.checks import as_matrix
 from gmcert.eps.results import to_jsonable
 
 __all__ = ["mardia_test", "henze_zirkler_test", "gaussianity_tests"]

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from gmcert.eps.checks import as_matrix
+from gmcert.checks import as_matrix
 from gmcert.eps.neighbours import DEFAULT_SEARCH, Neighbours, NeighbourSearch
 from gmcert.eps.results import TermEstimate
 

@@ -12,7 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from gmcert.eps.checks import as_matrix, check_k
+from gmcert.checks import as_matrix
+from gmcert.eps.checks import check_k
 
 __all__ = [
     "DEFAULT_MAX_BATCH_BYTES",

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from gmcert.eps.dv import dv_gaussian_from_cholesky
-from gmcert.eps.gaussian import cholesky
 from gmcert.eps.knn import kl_knn
 from gmcert.eps.neighbours import Neighbours, NeighbourSearch
 from gmcert.eps.plugin import entropy_kozachenko_leonenko, plugin_from_parts
 from gmcert.eps.results import TermEstimate
+from gmcert.gaussian import cholesky
 
 __all__ = ["ClassContext", "ESTIMATORS"]
 

@@ -11,10 +11,10 @@ import math
 import numpy as np
 from scipy import special
 
-from gmcert.eps.checks import as_matrix, check_gaussian
-from gmcert.eps.gaussian import cholesky, logpdf_from_cholesky
+from gmcert.checks import as_matrix, check_gaussian
 from gmcert.eps.neighbours import DEFAULT_SEARCH, Neighbours, NeighbourSearch
 from gmcert.eps.results import TermEstimate
+from gmcert.gaussian import cholesky, logpdf_from_cholesky
 
 __all__ = ["entropy_kozachenko_leonenko", "kl_plugin_gaussian", "plugin_from_parts"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from gmcert.data import class_log_joint
-from gmcert.eps.gaussian import gaussian_logpdf
+from gmcert.gaussian import gaussian_logpdf
 
 __all__ = ["true_kl"]
 

@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from gmcert.eps.gaussian import cholesky
+from gmcert.gaussian import cholesky, sample_gaussian_mixture
 from gmcert.models.moments import (
     SHRINKAGE_RULES,
     chunks,
@@ -29,23 +29,6 @@ from gmcert.models.moments import (
 
 COVARIANCE_FAMILIES = ("isotropic", "diag", "shared", "full", "lowrank")
 LINEAR_FAMILIES = ("isotropic", "shared")
-
-
-def sample_gaussian_mixture(n, means, covariances, priors, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Draw n points from sum_k priors[k] N(means[k], covariances[k]); returns (Z, class codes).
-
-    ``covariances`` is (K, d, d), or (d, d) shared; ``rng`` a numpy Generator or RandomState.
-    """
-    means = np.asarray(means, np.float64)
-    num_classes, dim = means.shape
-    covs = np.broadcast_to(np.asarray(covariances, np.float64), (num_classes, dim, dim))
-    codes = rng.choice(num_classes, size=n, p=priors)
-    Z = np.empty((n, dim))
-    for k in np.unique(codes):
-        idx = np.flatnonzero(codes == k)
-        chol = linalg.cholesky(covs[k], lower=True)
-        Z[idx] = means[k] + rng.standard_normal((len(idx), dim)) @ chol.T
-    return Z, codes
 
 
 class GaussianMixtureClassifier(ClassifierMixin, BaseEstimator):

@@ -23,7 +23,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Dataset
 
-from gmcert.certify.smoothing import check_int, check_sigma
+from gmcert.checks import check_int, check_sigma
 from gmcert.device import resolve_device
 from gmcert.models.mixture import GaussianMixtureClassifier
 

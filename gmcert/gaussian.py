@@ -1,7 +1,9 @@
-"""Gaussian closed forms in float64: the Cholesky factor, log-densities and the KL divergence.
+"""Gaussian closed forms in float64: the Cholesky factor, log-densities, the KL divergence, and
+draws from a Gaussian mixture.
 
-The one Cholesky helper of the package lives here (:func:`cholesky`); the Student-t
-distortion in :mod:`gmcert.data.student_t` uses it too.
+Pure maths, below every stage: the mixture Q (:mod:`gmcert.models.mixture`), the datasets with
+a known law (:mod:`gmcert.data.synthetic`, :mod:`gmcert.data.student_t`) and the eps
+estimators all use it. The one Cholesky helper of the package lives here (:func:`cholesky`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 import numpy as np
 from scipy import linalg
 
-from gmcert.eps.checks import as_matrix, check_gaussian
+from gmcert.checks import as_matrix, check_gaussian
 
 __all__ = [
     "cholesky",
@@ -19,6 +21,7 @@ __all__ = [
     "kl_gaussian_from_cholesky",
     "gaussian_logpdf",
     "logpdf_from_cholesky",
+    "sample_gaussian_mixture",
 ]
 
 _RIDGE_HINT = "fit Q with shrinkage (Ledoit-Wolf/OAS) or add a small ridge to the diagonal"
@@ -74,3 +77,20 @@ def logpdf_from_cholesky(Z: np.ndarray, mean: np.ndarray, chol: np.ndarray) -> n
     logdet = 2.0 * np.log(np.diag(chol)).sum()
     d = Z.shape[1]
     return -0.5 * (np.einsum("ij,ij->j", u, u) + logdet + d * math.log(2.0 * math.pi))
+
+
+def sample_gaussian_mixture(n, means, covariances, priors, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Draw n points from sum_k priors[k] N(means[k], covariances[k]); returns (Z, class codes).
+
+    ``covariances`` is (K, d, d), or (d, d) shared; ``rng`` a numpy Generator or RandomState.
+    """
+    means = np.asarray(means, np.float64)
+    num_classes, dim = means.shape
+    covs = np.broadcast_to(np.asarray(covariances, np.float64), (num_classes, dim, dim))
+    codes = rng.choice(num_classes, size=n, p=priors)
+    Z = np.empty((n, dim))
+    for k in np.unique(codes):
+        idx = np.flatnonzero(codes == k)
+        chol = linalg.cholesky(covs[k], lower=True)
+        Z[idx] = means[k] + rng.standard_normal((len(idx), dim)) @ chol.T
+    return Z, codes
