@@ -23,8 +23,8 @@ from gmcert.data.digest import data_digest
 from gmcert.denoisers import build_denoiser
 from gmcert.device import resolve_device
 from gmcert.features import encode
+from gmcert.fit import fit_mixture
 from gmcert.io import lock_run_folder, open_prediction_log, run_fingerprint, write_run_config
-from gmcert.models.fitting import fit_mixture
 from gmcert.population.columns import add_population_columns
 from gmcert.preflight import check_inputs_present
 from gmcert.provenance import StageTimer, provenance

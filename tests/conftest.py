@@ -23,7 +23,7 @@ from gmcert.data import build_dataset
 from gmcert.data.cifar10 import CIFAR10_CLASSES
 from gmcert.encoders import build_encoder
 from gmcert.features import extract_features
-from gmcert.models.fitting import fit_robust_mixture
+from gmcert.fit import fit_robust_mixture
 from gmcert.models.mixture import GaussianMixtureClassifier
 
 CONFIGS = Path(CONFIG_DIR)

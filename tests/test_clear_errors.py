@@ -82,7 +82,7 @@ def test_an_output_folder_under_a_file_is_one_line(tmp_path):
 
 def test_a_fit_too_big_for_memory_is_refused_with_the_number(monkeypatch):
     import gmcert.memory
-    from gmcert.models.fitting import fit_memory_bytes
+    from gmcert.fit import fit_memory_bytes
 
     # encoder=identity on ImageNet: one shared 150528 x 150528 covariance.
     assert fit_memory_bytes(3 * 224 * 224, 1000, "shared") > 1000 * gmcert.memory.GIB

@@ -292,7 +292,7 @@ def _fit_and_certify(digits64, options: dict, scale: float):
 
     from gmcert.certify.latent import certify_latents, latent_certifier
     from gmcert.config import MixtureConfig
-    from gmcert.models.fitting import fit_mixture
+    from gmcert.fit import fit_mixture
 
     x_train, y_train, x_test, _ = digits64
     x_test = (

@@ -1,4 +1,4 @@
-"""Fitting the robust linear rule to data (`gmcert.models.fitting.fit_robust_mixture`).
+"""Fitting the robust linear rule to data (`gmcert.fit.fit_robust_mixture`).
 
 Two classes: tau is the closed-form optimum, checked against its defining equation (docs/theory.md
 section 2) and against `robust_tau`. K classes: tau is searched on held-out train data, checked
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gmcert.gaussian import sample_gaussian_mixture
-from gmcert.models.fitting import fit_robust_mixture
+from gmcert.fit import fit_robust_mixture
 from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.population.ceiling import impossibility_radius, robust_tau
 

@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 from gmcert.certify.latent import certify_latents
 from gmcert.certify.linear import LinearCertifier
 from gmcert.data import build_dataset
-from gmcert.models.fitting import SELECT_GRID, heldout_certified_accuracy, select_shrinkage
+from gmcert.fit import SELECT_GRID, heldout_certified_accuracy, select_shrinkage
 from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.pipeline import run
 

@@ -18,8 +18,17 @@ import itertools
 import numpy as np
 from scipy import stats
 
+from gmcert.models.robust import (
+    check_covariance,
+    check_radius,
+    eigen_coordinates,
+    impossibility_radius,
+    robust_tau,
+    solve_tau,
+)
+
 __all__ = [
-    "impossibility_radius",
+    "impossibility_radius",  # the robust rule's (gmcert.models.robust), named here too
     "robust_tau",
     "optimal_robust_error",
     "pairwise_robust_error_lower_bound",
@@ -28,24 +37,6 @@ __all__ = [
 
 # Above this many classes the matching is greedy instead of exact (the exact one is 2^K).
 EXACT_MATCHING_MAX_CLASSES = 14
-_BISECTION_STEPS = 400
-
-
-def impossibility_radius(mu) -> float:
-    """``||mu||_2``: from this l2 radius on, no classifier has robust error below 1/2."""
-    return float(np.linalg.norm(_vector(mu, "mu")))
-
-
-def robust_tau(cov, mu, rho) -> float:
-    """The unique ``tau >= 0`` with ``tau ||(Sigma + tau I)^-1 mu||_2 = rho``.
-
-    ``tau = 0`` at ``rho = 0``; ``inf`` when ``rho >= ||mu||_2`` (the left side increases
-    strictly from 0 to ``||mu||`` as ``tau`` goes from 0 to infinity, so there is no finite
-    root: robust classification is impossible there). Units: those of ``Sigma``'s eigenvalues.
-    """
-    spectrum, coords = _eigen_coordinates(cov, mu)
-    rho = _radius(rho)
-    return float(_solve_tau(spectrum, coords[None], np.array([rho]))[0])
 
 
 def optimal_robust_error(cov, mu, rho, *, norm: str = "l2"):
@@ -57,9 +48,9 @@ def optimal_robust_error(cov, mu, rho, *, norm: str = "l2"):
     model is covered; other norms raise ``ValueError``.
     """
     _require_l2(norm)
-    spectrum, coords = _eigen_coordinates(cov, mu)
+    spectrum, coords = eigen_coordinates(cov, mu)
     radii = np.asarray(rho, dtype=np.float64)
-    flat = np.array([_radius(r) for r in radii.ravel()])
+    flat = np.array([check_radius(r) for r in radii.ravel()])
     errors = _optimal_errors(spectrum, np.broadcast_to(coords, (flat.size, coords.size)), flat)
     return float(errors[0]) if radii.ndim == 0 else errors.reshape(radii.shape)
 
@@ -86,12 +77,12 @@ def pairwise_robust_error_lower_bound(means, cov, priors, rho, *, norm: str = "l
     Cost: one bisection per class pair, O(K^2 d). Returns ``(bound, pairs)``.
     """
     _require_l2(norm)
-    cov = _covariance(cov)
+    cov = check_covariance(cov)
     means = np.asarray(means, dtype=np.float64)
     if means.ndim != 2 or means.shape[1] != cov.shape[0]:
         raise ValueError(f"means must have shape (K, {cov.shape[0]}), got {means.shape}")
     priors = _priors(priors, means.shape[0])
-    rho = _radius(rho)
+    rho = check_radius(rho)
     weights = _pair_weights(means, cov, priors, rho)
     pairs = _best_matching(weights)
     return float(sum(weights[k, j] for k, j in pairs)), pairs
@@ -160,76 +151,12 @@ def _greedy_matching(weights):
 def _optimal_errors(spectrum, coords, rho):
     """Vectorised ``Phi(-sqrt(h^T Sigma h))`` over rows of ``coords`` (mu in Sigma's
     eigenbasis), 1/2 where ``rho >= ||mu||``."""
-    tau = _solve_tau(spectrum, coords, rho)
+    tau = solve_tau(spectrum, coords, rho)
     finite = np.isfinite(tau)
     t = np.where(finite, tau, 0.0)[:, None]
     # h = m / (s + tau) in the eigenbasis, so h^T Sigma h = sum m^2 s / (s + tau)^2.
     margin = np.sqrt(np.sum(coords**2 * spectrum / (spectrum + t) ** 2, axis=1))
     return np.where(finite, stats.norm.cdf(-margin), 0.5)
-
-
-def _solve_tau(spectrum, coords, rho):
-    """Vectorised root of ``F(tau) = ||m tau / (s + tau)|| = rho`` (increasing in tau).
-
-    Bracket from ``tau ||m|| / (s_max + tau) <= F(tau) <= tau ||m|| / (s_min + tau)``:
-    ``[rho s_min / (||m|| - rho), rho s_max / (||m|| - rho)]``, then bisection to adjacent
-    floats.
-    """
-    norm_m = np.linalg.norm(coords, axis=1)
-    possible = rho < norm_m
-    gap = np.where(possible, norm_m - rho, 1.0)
-    lo = rho * spectrum.min() / gap * 0.5
-    hi = rho * spectrum.max() / gap * 2.0
-
-    def excess(tau):
-        return np.linalg.norm(coords * (tau[:, None] / (spectrum + tau[:, None])), axis=1) - rho
-
-    for _ in range(_BISECTION_STEPS):
-        mid = lo + 0.5 * (hi - lo)
-        if np.all((mid <= lo) | (mid >= hi)):
-            break
-        below = excess(mid) < 0
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    tau = 0.5 * (lo + hi)
-    tau = np.where(rho == 0, 0.0, tau)
-    return np.where(possible, tau, np.inf)
-
-
-def _eigen_coordinates(cov, mu):
-    cov = _covariance(cov)
-    mu = _vector(mu, "mu", cov.shape[0])
-    spectrum, basis = np.linalg.eigh(cov)
-    return spectrum, basis.T @ mu
-
-
-def _covariance(cov):
-    cov = np.asarray(cov, dtype=np.float64)
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
-        raise ValueError(f"cov must be a square (d, d) matrix, got shape {cov.shape}")
-    if not np.all(np.isfinite(cov)):
-        raise ValueError("cov contains NaN or inf")
-    if not np.allclose(cov, cov.T, rtol=1e-10, atol=1e-12 * np.abs(cov).max()):
-        raise ValueError("cov must be symmetric; pass 0.5 * (cov + cov.T)")
-    cov = 0.5 * (cov + cov.T)
-    if np.linalg.eigvalsh(cov).min() <= 0:
-        raise ValueError("cov must be positive definite; add shrinkage (e.g. Ledoit-Wolf)")
-    return cov
-
-
-def _vector(x, name, dim=None):
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 1 or (dim is not None and x.shape[0] != dim):
-        raise ValueError(f"{name} must have shape ({dim if dim else 'd'},), got {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or inf")
-    return x
-
-
-def _radius(rho):
-    rho = float(rho)
-    if not np.isfinite(rho) or rho < 0:
-        raise ValueError(f"rho must be a finite radius >= 0, got {rho}")
-    return rho
 
 
 def _priors(priors, K):

@@ -5,6 +5,9 @@ The robust rule is LDA with the shared covariance replaced by Sigma + tau I. Two
 closed-form optimum for the target radius (Bhagoji et al. 2019; Dan et al. 2020). K > 2 classes:
 one shared tau chosen to maximise certified accuracy at the target radius on a held-out split
 of train (never test), then the rule is refitted on all of train with that tau.
+
+Choosing tau or the shrinkage by held-out certified accuracy needs the certifier, so this stage
+sits above :mod:`gmcert.certify` (the mixture it fits, :mod:`gmcert.models`, sits below).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from gmcert.certify.latent import certify_latents
 from gmcert.certify.linear import LinearCertifier
 from gmcert.memory import check_memory
 from gmcert.models.mixture import LINEAR_FAMILIES, GaussianMixtureClassifier
-from gmcert.population.ceiling import impossibility_radius, robust_tau
+from gmcert.models.robust import impossibility_radius, robust_tau
 
 log = logging.getLogger(__name__)
 
