@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import errno
 import json
 import logging
@@ -193,6 +195,23 @@ class FailedJobs(Callback):
             print(f"gmcert: job failed: {folder}: {error}", file=sys.stderr)
 
 
+class EpsSweepReport(Callback):
+    """After a sweep over ``divergence.eps``: one report of the bound against eps
+    (``bound_vs_eps.{csv,md,png}`` in the sweep folder), since every job's table repeats the
+    same measured numbers."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from gmcert.report.eps_sweep import write_eps_sweeps
+        from gmcert.report.sweep import find_runs
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            for written in write_eps_sweeps(find_runs([sweep_dir]), sweep_dir):
+                print(f"\n{written.read_text()}\nwrote {written.with_suffix('.*')}")
+        except Exception:  # the jobs' own results stand; the summary is a convenience
+            log.exception("could not write the eps sweep's report into %s", sweep_dir)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     run_job(cfg)
@@ -203,6 +222,63 @@ def run_main() -> None:
     if FailedJobs.failed:
         print(f"gmcert: {len(FailedJobs.failed)} job(s) of the sweep failed", file=sys.stderr)
         sys.exit(1)
+
+
+def reevaluate_args(run_dir: Path, overrides: list[str], out: Path | None = None) -> list[str]:
+    """The ``gmcert-run`` arguments that evaluate ``run_dir``'s certified predictions again
+    with ``overrides`` (evaluation options), into ``out`` (default: a new folder beside it):
+    the run's own overrides, the new ones in their place, and ``certify.predictions_from``."""
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    if not (run_dir / "predictions.csv").is_file() or not saved_file.is_file():
+        raise ValueError(
+            f"{run_dir} is not a gmcert run folder (it needs predictions.csv and "
+            ".hydra/overrides.yaml); pass the folder gmcert-run wrote"
+        )
+    saved = OmegaConf.to_container(OmegaConf.load(saved_file))
+    if not isinstance(saved, list):
+        raise ValueError(f"{saved_file} holds no list of overrides; pass a gmcert run folder")
+
+    def key(override) -> str:
+        return str(override).split("=", 1)[0].lstrip("+~")
+
+    replaced = {key(o) for o in overrides} | {"certify.predictions_from"}
+    kept = [str(o) for o in saved if key(o) not in replaced and not key(o).startswith("hydra.")]
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        out = run_dir.parent / f"{run_dir.name}-reevaluated-{stamp}"
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty; re-evaluations never write over a folder")
+
+    def quoted(path: Path) -> str:  # Hydra's grammar: a quoted value may hold any character
+        return "'" + str(path.resolve()).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return [
+        *kept,
+        *overrides,
+        f"certify.predictions_from={quoted(run_dir)}",
+        f"hydra.run.dir={quoted(out)}",
+    ]
+
+
+def reevaluate_main(argv: list[str] | None = None) -> None:
+    """``gmcert-reevaluate RUN_DIR [key=value ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="gmcert-reevaluate",
+        description="Evaluate a run's certified predictions again with other evaluation "
+        "options (certify.radii, certify.ci_alpha, certify.population_samples, divergence.*, "
+        "attack.*), into a new folder beside the run; nothing is certified again.",
+    )
+    parser.add_argument("run_dir", type=Path, help="the run folder gmcert-run wrote")
+    parser.add_argument("overrides", nargs="*", help="key=value evaluation options")
+    parser.add_argument("--out", type=Path, help="the new folder (default: beside RUN_DIR)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run_args = reevaluate_args(args.run_dir, args.overrides, args.out)
+    except (ValueError, OSError) as err:
+        print(f"gmcert-reevaluate: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = ["gmcert-reevaluate", *run_args]
+    run_main()
 
 
 def report_main(argv: list[str] | None = None) -> None:

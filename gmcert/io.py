@@ -203,6 +203,11 @@ class PredictionLog:
         rows[self.COLUMNS].to_csv(buffer, index=False, header=False)
         self._append_text(buffer.getvalue())
 
+    def append_lines(self, lines: list[str]) -> None:
+        """Complete rows as written by another log (copied byte for byte), in one block."""
+        if lines:
+            self._append_text("".join(lines))
+
 
 def run_fingerprint(cfg: DictConfig, data_digests: dict) -> str:
     """A digest of everything that determines the predictions: the config and the data's
@@ -250,14 +255,23 @@ def lock_run_folder(out_dir: Path):
     return handle
 
 
-def open_prediction_log(out_dir: Path, fingerprint: str) -> PredictionLog:
+def open_prediction_log(out_dir: Path, fingerprint: str, prediction_key: str) -> PredictionLog:
     """The run's prediction log (the caller holds the folder's lock); a folder holding another
-    configuration's predictions is refused."""
-    stamp = out_dir / "run_fingerprint.txt"
+    configuration's results is refused. ``prediction_key.txt`` records what the predictions
+    depend on (:mod:`gmcert.certify.reuse`), for a later re-evaluation of the folder."""
+    stamp, key_file = out_dir / "run_fingerprint.txt", out_dir / "prediction_key.txt"
     if stamp.exists() and stamp.read_text().strip() != fingerprint:
+        same_predictions = key_file.exists() and key_file.read_text().strip() == prediction_key
         raise ValueError(
-            f"{out_dir} holds predictions of a different configuration; resume only with the "
-            "same config, or choose a fresh hydra.run.dir"
+            f"{out_dir} holds the results of a different configuration"
+            + (
+                " (only its evaluation options differ: `gmcert-reevaluate "
+                f"{out_dir} <overrides>` evaluates its predictions again, beside it)"
+                if same_predictions
+                else ""
+            )
+            + "; resume only with the same config, or choose a fresh hydra.run.dir"
         )
     stamp.write_text(fingerprint + "\n")
+    key_file.write_text(prediction_key + "\n")
     return PredictionLog(out_dir / "predictions.csv")

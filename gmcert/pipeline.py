@@ -15,7 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from gmcert.attack.stage import attack_all, attack_enabled
 from gmcert.bounds.degradation import degrade
 from gmcert.certify.methods import CertifyInputs, build_methods
-from gmcert.certify.stage import certify_pending, certify_positions
+from gmcert.certify.reuse import PredictionCache, prediction_key, prediction_options
+from gmcert.certify.stage import (
+    certify_pending,
+    certify_positions,
+    check_prediction_source,
+    reuse_predictions,
+)
 from gmcert.certify.transfer import radius_transfer
 from gmcert.config import check_options
 from gmcert.data import build_dataset
@@ -38,6 +44,8 @@ def run(cfg: DictConfig) -> dict:
     locked for the whole job: a second run started in it is refused before any work."""
     check_options(cfg)
     check_inputs_present(cfg)
+    if cfg.certify.predictions_from is not None:
+        check_prediction_source(cfg.certify.predictions_from, prediction_options(cfg))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with lock_run_folder(out_dir):
@@ -83,16 +91,39 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     )
     with timer("heads"):  # smoothing's heads are trained here, under its noise
         methods = build_methods(cfg.certify.methods, inputs)
-    predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg, digests))
+    key = prediction_key(
+        cfg,
+        data_digests=digests,
+        train_latents=latents.train,
+        test_latents=latents.test,
+        device=device,
+    )
+    predictions_log = open_prediction_log(out_dir, run_fingerprint(cfg, digests), key)
     write_run_config(out_dir, cfg)
+    # Predictions depend on fewer options than the results: a sweep over evaluation options
+    # certifies once, and every other job evaluates the cached rows.
+    cache = PredictionCache(cfg.paths.cache_dir, key) if cfg.cache.enabled else None
     with timer("certify"):
-        certify_pending(
+        reused = reuse_predictions(
+            methods,
+            predictions_log,
+            positions,
+            data.test,
+            key=key,
+            options=prediction_options(cfg),
+            source=cfg.certify.predictions_from,
+            cache=None if cfg.cache.force else cache,
+            smoothing_skip=cfg.certify.smoothing_skip,
+        )
+        certified = certify_pending(
             methods,
             predictions_log,
             positions,
             data.test,
             smoothing_skip=cfg.certify.smoothing_skip,
         )
+    if cache is not None:
+        cache.store(predictions_log.path, force=cfg.cache.force)
     predictions = predictions_log.read()
     predictions = predictions[predictions["index"].isin(data.test.indices[positions])]
 
@@ -136,7 +167,11 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         "population_Q": population.as_metrics() if population else None,
         "divergence": degradation.metrics if degradation else None,
         "throughput": {
-            "certify_points_per_second": len(predictions) / max(timer.seconds["certify"], 1e-9),
+            # Over the points this job certified itself (none when every row was reused).
+            "certify_points_per_second": certified / max(timer.seconds["certify"], 1e-9)
+            if certified
+            else None,
+            "predictions_reused": reused,
         },
         **provenance(device, timer),
         "output_dir": str(out_dir),

@@ -1,16 +1,25 @@
-"""The certify stage: which test points this job certifies, and certifying those not yet in
-the run's prediction log, one chunk at a time, so that an interrupted run resumes."""
+"""The certify stage: which test points this job certifies, the rows it can reuse (from the
+folder named by ``certify.predictions_from`` and the prediction cache), and certifying the
+rest, one chunk at a time, so that an interrupted run resumes."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from tqdm.auto import tqdm
 
 from gmcert.certify.methods import CertificationMethod
+from gmcert.certify.reuse import (
+    PredictionCache,
+    copy_rows,
+    option_changes,
+    prediction_options,
+)
 from gmcert.data import Split
 from gmcert.io import PredictionLog
 
@@ -40,6 +49,80 @@ def method_positions(method: CertificationMethod, positions, test: Split, smooth
     return positions[test.indices[positions] % smoothing_skip == 0]
 
 
+def reuse_predictions(
+    methods: list[CertificationMethod],
+    predictions: PredictionLog,
+    positions,
+    test: Split,
+    *,
+    key: str,
+    options: dict,
+    source=None,
+    cache: PredictionCache | None = None,
+    smoothing_skip: int = 1,
+) -> int:
+    """Copy into the log the rows for this job's points that ``source`` (a run folder, which
+    must hold predictions of this ``key``) or else the verified ``cache`` entry holds; returns
+    how many rows were copied. ``options``: this run's prediction options
+    (:func:`~gmcert.certify.reuse.prediction_options`), to name what a refused source changed."""
+    wanted = {
+        m.name: test.indices[method_positions(m, positions, test, smoothing_skip)] for m in methods
+    }
+    labels = dict(zip(test.indices.tolist(), test.labels.tolist(), strict=True))
+    copied = 0
+    if source is not None:
+        copied += copy_rows(
+            _checked_source(Path(source), key, options), predictions, wanted, labels
+        )
+    cached = cache.usable() if cache is not None else None
+    if cached is not None:
+        try:
+            copied += copy_rows(cached, predictions, wanted, labels)
+        except ValueError as err:  # verified, yet not for these data: never trusted
+            log.warning("prediction cache entry %s not used: %s", cache.entry, err)
+    if copied:
+        log.info("reused %d certified predictions; certifying only the rest", copied)
+    return copied
+
+
+def check_prediction_source(folder, options: dict) -> None:
+    """Before any stage runs: ``folder`` (``certify.predictions_from``) must be a run folder
+    whose saved prediction options equal this run's ``options``
+    (:func:`~gmcert.certify.reuse.prediction_options`). The data and latents are checked at
+    the certify stage, against the folder's prediction key."""
+    folder = Path(folder)
+    if not (folder / "predictions.csv").is_file() or not (folder / "prediction_key.txt").is_file():
+        raise ValueError(
+            f"certify.predictions_from={folder}: not a run folder with predictions.csv and "
+            "prediction_key.txt (folders written before gmcert recorded the key must be run again)"
+        )
+    try:
+        saved = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+        changes = option_changes(prediction_options(saved), options)
+    except (OSError, yaml.YAMLError, AttributeError, TypeError) as err:
+        raise ValueError(
+            f"certify.predictions_from={folder}: its .hydra/config.yaml cannot be read ({err})"
+        ) from None
+    if changes:
+        raise ValueError(
+            f"certify.predictions_from={folder}: these options change its predictions: "
+            f"{'; '.join(changes)}. Re-evaluation changes evaluation options only "
+            "(certify.radii, ci_alpha, population_samples, divergence.*, attack.*); run "
+            "gmcert-run for the others"
+        )
+
+
+def _checked_source(folder: Path, key: str, options: dict) -> Path:
+    """``folder``'s prediction log, if its predictions were made under ``key``."""
+    check_prediction_source(folder, options)
+    if (folder / "prediction_key.txt").read_text().strip() != key:
+        raise ValueError(
+            f"certify.predictions_from={folder}: its predictions were certified under the same "
+            "options but other data, latents, weight files or device; run gmcert-run instead"
+        )
+    return folder / "predictions.csv"
+
+
 def certify_pending(
     methods: list[CertificationMethod],
     predictions: PredictionLog,
@@ -47,9 +130,10 @@ def certify_pending(
     test: Split,
     *,
     smoothing_skip: int = 1,
-) -> None:
+) -> int:
     """Certify, with each method, its positions (:func:`method_positions`) not yet in the
-    log; each chunk is appended as soon as it is done."""
+    log; each chunk is appended as soon as it is done. Returns how many points it certified."""
+    certified = 0
     for method in methods:
         mine = method_positions(method, positions, test, smoothing_skip)
         done = predictions.done(method.name)
@@ -70,6 +154,7 @@ def certify_pending(
             disable=len(todo) <= chunk,
         ):
             rows = todo[start : start + chunk]
+            certified += len(rows)
             t0 = time.perf_counter()
             result = method.certify(rows)
             seconds = (time.perf_counter() - t0) / len(rows)
@@ -88,3 +173,4 @@ def certify_pending(
                     }
                 )
             )
+    return certified

@@ -27,6 +27,7 @@ import yaml
 
 from gmcert.bounds.degradation import above_bound
 from gmcert.io import atomic_write, write_csv
+from gmcert.report.eps_sweep import write_eps_sweeps
 from gmcert.report.table import method_table
 
 log = logging.getLogger(__name__)
@@ -390,7 +391,8 @@ def plot_runs(combined: pd.DataFrame, path) -> None:
 
 
 def report(dirs, out_dir) -> dict:
-    """Write combined.{csv,md,tex,png} and runs.csv into ``out_dir``; return a summary."""
+    """Write combined.{csv,md,tex,png}, runs.csv and, for a sweep over eps, bound_vs_eps.*
+    (:mod:`gmcert.report.eps_sweep`) into ``out_dir``; return a summary."""
     runs = find_runs(dirs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -413,7 +415,8 @@ def report(dirs, out_dir) -> dict:
         atomic_write(out / "combined.md", lambda p: p.write_text(to_markdown(wide)))
         atomic_write(out / "combined.tex", lambda p: p.write_text(to_latex(wide)))
         plot_runs(combined, out / "combined.png")
-    return {"runs": runs, "combined": combined, "eps": eps, "out_dir": out}
+    sweeps = write_eps_sweeps(runs, out)
+    return {"runs": runs, "combined": combined, "eps": eps, "eps_sweeps": sweeps, "out_dir": out}
 
 
 def report_cli(argv: list[str]) -> int:
@@ -446,6 +449,8 @@ def report_cli(argv: list[str]) -> int:
     print(to_markdown(wide_table(result["combined"])))
     if not result["eps"].empty:
         print(markdown(result["eps"]))
+    for sweep in result["eps_sweeps"]:
+        print(sweep.read_text())
     print(f"wrote {result['out_dir']}")
     if damaged:
         print(f"gmcert-report: {len(damaged)} run folder(s) damaged, left out of the table (above)")
