@@ -243,6 +243,9 @@ class CertifyConfig:
     # probe on this many noisy copies of each train input (the mixture on a linear one: exact)
     noise_copies: int = 4
     population_samples: int = 20_000  # Monte Carlo draws from Q for CA_Q (SE <= 0.0036)
+    # A run folder whose certified predictions this run evaluates again instead of certifying
+    # (set by gmcert-reevaluate); refused unless they were made under this run's prediction key.
+    predictions_from: str | None = None
 
 
 @dataclass
