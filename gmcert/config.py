@@ -1,4 +1,5 @@
-"""Typed config schemas, registered in Hydra's ConfigStore.
+"""Typed config schemas, registered in Hydra's ConfigStore (the dataset and encoder schemas
+are their specs': :mod:`gmcert.data.schemas`, :mod:`gmcert.encoders.schemas`).
 
 Every YAML option of a group extends one of these, so a typo (``certify.radius=1``) or a wrong
 type (``certify.radii=oops``) on the command line fails at once, naming the key.
@@ -15,182 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, ListConfig, OmegaConf
 
 from gmcert.certify.norms import NORMS
-
-# ----------------------------------------------------------------------------- datasets
-
-
-@dataclass
-class DigitsConfig:
-    name: str = "digits"
-    test_size: float = 0.2
-    split_seed: int = 0
-
-
-@dataclass
-class _SampledMixtureConfig:
-    """Options shared by the datasets drawn from a known mixture law."""
-
-    num_classes: int = 2
-    dim: int = 2
-    # Distance between class means, in units of the class noise's standard deviation.
-    separation: float = 3.0
-    n_train: int = 2000
-    n_test: int = 1000
-    seed: int = 0  # draws the means, the covariances and both splits
-
-
-@dataclass
-class SyntheticConfig(_SampledMixtureConfig):
-    """An exact Gaussian mixture."""
-
-    name: str = "synthetic"
-    covariance: str = "isotropic"
-
-
-@dataclass
-class DistortedConfig(_SampledMixtureConfig):
-    """Student-t mixture: a known, controlled departure from Gaussianity (eps_controlled)."""
-
-    name: str = "distorted"
-    nu: float = 5.0  # its other defaults are in configs/dataset/distorted.yaml
-
-
-@dataclass
-class _ImageDatasetConfig:
-    """Options shared by the image datasets: where they live and which test images to use."""
-
-    root: str = MISSING
-    skip: int = 1  # every skip-th test image (the literature's protocol: 20 or 100)
-    max: int | None = None
-
-
-@dataclass
-class Cifar10Config(_ImageDatasetConfig):
-    name: str = "cifar10"
-    download: bool = False
-    train_max: int | None = None
-    # true: check the official MD5s; false: your own data; null: check whenever the files
-    # are official-sized (smaller ones are read with a warning). Always unpickled safely.
-    verify_checksums: Any = None
-
-
-@dataclass
-class ImageNetConfig(_ImageDatasetConfig):
-    name: str = "imagenet"
-    train_per_class: int | None = None
-
-
-@dataclass
-class _IDXConfig(_ImageDatasetConfig):
-    """MNIST-format IDX files (gmcert/data/idx.py), 1x28x28 pixels in [0, 1]."""
-
-    fallback_roots: list[str] = field(default_factory=list)  # tried after root, in order
-    train_max: int | None = None
-
-
-@dataclass
-class FashionMNISTConfig(_IDXConfig):
-    name: str = "fashion_mnist"
-
-
-@dataclass
-class MNISTConfig(_IDXConfig):
-    name: str = "mnist"
-
-
-@dataclass
-class FolderConfig(_ImageDatasetConfig):
-    """root/train/<class>/*, root/test/<class>/* (gmcert/data/folder.py), held in memory."""
-
-    name: str = "folder"
-    image_size: Any = MISSING  # a side or [height, width], pixels
-    channels: int = 3  # 1: grey, 3: RGB
-    resize: bool = False  # resize other sizes on load instead of refusing them
-    train_max: int | None = None
-
-
-@dataclass
-class ArraysConfig:
-    """One .npz with x_train, y_train, x_test, y_test (gmcert/data/arrays.py)."""
-
-    name: str = "arrays"
-    path: str = MISSING
-    num_classes: int | None = None  # null: 1 + the largest label
-    skip: int = 1
-    max: int | None = None
-    train_max: int | None = None
-
-
-# ----------------------------------------------------------------------------- encoders
-
-
-@dataclass
-class IdentityConfig:
-    name: str = "identity"
-
-
-@dataclass
-class PCAConfig:
-    name: str = "pca"
-    n_components: int = 32
-    whiten: bool = False
-
-
-@dataclass
-class LipschitzConfig:
-    """A 1-Lipschitz (l2) network gmcert trains on the train split (encoders/lipschitz.py)."""
-
-    name: str = "lipschitz"
-    latent_dim: int = 10
-    width: int = 256  # units per hidden layer, a multiple of group_size
-    depth: int = 2  # orthogonal layer + GroupSort, this many times, then the projection
-    group_size: int = 2  # GroupSort's group; 2 is MaxMin
-    # Objective (gmcert/encoders/gm_objective.py): every class N(mu_k, target_std^2 I) ...
-    target_std: float = 0.25
-    margin: float = 1.0  # ... and each train point's certified radius (input l2) pushed to this
-    fit_weight: float = 0.03
-    margin_weight: float = 1.0
-    likelihood_weight: float = 0.1
-    centre_weight: float = 0.0  # pull to the class mean, without the fit term's log det
-    margin_temperature: float = 0.0  # > 0: the hinge smoothed over every rival (keeps pushing)
-    epochs: int = 150
-    train_batch_size: int = 256  # not batch_size: that is the encode stage's extraction batch
-    lr: float = 0.01
-    # mlp, or conv: 1-Lipschitz convolution blocks (one per channels entry) before the dense
-    # layers, for images
-    architecture: str = "mlp"
-    channels: list[int] = field(default_factory=lambda: [16, 32, 16])
-    seed: int = 0  # configs/encoder/lipschitz.yaml sets it to the run's seed
-
-
-@dataclass
-class CNNConfig:
-    """An ordinary CNN gmcert trains with cross-entropy, then freezes (encoders/cnn.py)."""
-
-    name: str = "cnn"
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # one conv block each
-    latent_dim: int = 128
-    epochs: int = 3
-    train_batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0  # configs/encoder/cnn.yaml sets it to the run's seed
-
-
-@dataclass
-class PretrainedConfig:
-    name: str = MISSING
-    # "default": the library's weights from its local cache; a path; or "random" (tests only).
-    weights: str = "default"
-    # A declared l2 Lipschitz bound, "spectral" (computed where honest), or null (latent units).
-    lipschitz: Any = None
-    image_size: int | None = None
-    # clip / dinov2 only: let open_clip / timm read their hub cache (they may download).
-    allow_download: bool = False
-    batch_size: int = 128
-    num_workers: int = 2
-    bf16: bool = True
-    channels_last: bool = True
-
+from gmcert.data.specs import DATASETS
+from gmcert.encoders.specs import ENCODERS
 
 # ----------------------------------------------------------------------------- stages
 
@@ -348,38 +175,20 @@ class Config:
     continue_on_error: bool = True
 
 
-DATASET_SCHEMAS = {
-    "digits": DigitsConfig,
-    "synthetic": SyntheticConfig,
-    "distorted": DistortedConfig,
-    "cifar10": Cifar10Config,
-    "imagenet": ImageNetConfig,
-    "fashion_mnist": FashionMNISTConfig,
-    "mnist": MNISTConfig,
-    "folder": FolderConfig,
-    "arrays": ArraysConfig,
-}
-ENCODER_SCHEMAS = {
-    "identity": IdentityConfig,
-    "pca": PCAConfig,
-    "lipschitz": LipschitzConfig,
-    "cnn": CNNConfig,
-    "pretrained": PretrainedConfig,
-}
-
-
 def register_configs() -> None:
     """Register the schemas.
 
     The top-level schema types every stage group; dataset and encoder options differ in their
-    fields, so each of their YAML options names its own schema (``schema_*``) in its defaults.
+    fields, so each of their YAML options names its own schema (``schema_*``) in its defaults:
+    the one its spec names (:data:`gmcert.data.specs.DATASETS`,
+    :data:`gmcert.encoders.specs.ENCODERS`; the pretrained encoders share one).
     """
     cs = ConfigStore.instance()
     cs.store(name="gmcert_schema", node=Config)
-    for name, node in DATASET_SCHEMAS.items():
-        cs.store(group="dataset", name=f"schema_{name}", node=node)
-    for name, node in ENCODER_SCHEMAS.items():
-        cs.store(group="encoder", name=f"schema_{name}", node=node)
+    for spec in DATASETS.values():
+        cs.store(group="dataset", name=f"schema_{spec.schema_name}", node=spec.schema)
+    for spec in ENCODERS.values():
+        cs.store(group="encoder", name=f"schema_{spec.schema_name}", node=spec.schema)
 
 
 def _number(low=-math.inf, high=math.inf, *, integer=False, open_low=False, open_high=False):

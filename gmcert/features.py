@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gmcert.data import LabelledData
-from gmcert.encoders import PRETRAINED, TRAINED, build_encoder
+from gmcert.encoders import EncoderSpec, encoder_spec
 from gmcert.io import check_entry, file_digest, store_entry
 from gmcert.memory import check_memory
 
@@ -149,12 +149,14 @@ _EXTRACTION_OPTIONS = ("batch_size", "num_workers", "bf16", "channels_last")
 
 @dataclass(frozen=True)
 class Encoded:
-    """The encode stage's output: the built (and fitted) encoder and the latents of each split."""
+    """The encode stage's output: the built (and fitted) encoder, the latents of each split,
+    and the encoder's spec (what later stages may ask of it, e.g. whether it is the identity)."""
 
     encoder: torch.nn.Module
     train: np.ndarray
     test: np.ndarray
     cache_hits: dict[str, bool]
+    spec: EncoderSpec
 
 
 def encode(
@@ -165,11 +167,12 @@ def encode(
     ``data_digests``: each split's content digest (:func:`gmcert.data.digest.data_digest`),
     part of the cache key, so changed data are never served old latents.
     """
-    name = encoder_cfg.name
+    spec = encoder_spec(encoder_cfg.name)
+    name = spec.name
     opts = OmegaConf.to_container(encoder_cfg, resolve=True)
     opts.pop("name", None)
     extraction = {k: opts.pop(k) for k in _EXTRACTION_OPTIONS if k in opts}
-    if name in PRETRAINED:
+    if spec.pretrained:
         # Grey images are replicated to RGB inside the encoder; its bound must know.
         opts["source_channels"] = int(data.test.batch([0]).shape[1])
     if opts.get("lipschitz") == "spectral":
@@ -177,8 +180,8 @@ def encode(
         opts["source_size"] = tuple(data.test.batch([0]).shape[-2:])
         opts["device"] = device
     # lipschitz and cnn train their own weights and keep them in this cache (None: retrain).
-    trained_weights = {"cache_dir": cache_dir, "force": force} if name in TRAINED else {}
-    encoder = build_encoder(name, **opts, **trained_weights)
+    trained_weights = {"cache_dir": cache_dir, "force": force} if spec.trained else {}
+    encoder = spec.build(**opts, **trained_weights)
     # Learns from train only (PCA from the inputs, lipschitz from inputs and labels).
     encoder.fit(data.train.inputs, data.train.labels)
     weights = opts.get("weights")
@@ -208,4 +211,4 @@ def encode(
         if not np.array_equal(labels, split.labels):
             raise ValueError(f"cached labels for the {split_name} split do not match the data")
         latents[split_name] = z
-    return Encoded(encoder, latents["train"], latents["test"], hits)
+    return Encoded(encoder, latents["train"], latents["test"], hits, spec)

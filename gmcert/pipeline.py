@@ -157,7 +157,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
                 seed=cfg.seed,
                 device=device,
                 # The data's exact law is the latent law only when the encoder is the identity.
-                truth=data.truth if cfg.encoder.name == "identity" else None,
+                truth=data.truth if latents.spec.identity else None,
             )
 
     metrics = {

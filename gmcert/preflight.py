@@ -9,22 +9,9 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from gmcert.data.arrays import check_arrays_present
-from gmcert.data.cifar10 import check_cifar10_present
-from gmcert.data.folder import check_folder_present
-from gmcert.data.idx import check_idx_present
-from gmcert.data.imagenet import check_imagenet_present
+from gmcert.data.specs import dataset_spec
 from gmcert.denoisers import check_denoiser_present
-from gmcert.encoders.torchvision_models import check_weights_present
-
-_DATASET_CHECKS = {
-    "cifar10": check_cifar10_present,
-    "imagenet": check_imagenet_present,
-    "fashion_mnist": check_idx_present,
-    "mnist": check_idx_present,
-    "folder": check_folder_present,
-    "arrays": check_arrays_present,
-}
+from gmcert.encoders.specs import encoder_spec
 
 
 def check_inputs_present(cfg) -> None:
@@ -32,8 +19,8 @@ def check_inputs_present(cfg) -> None:
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     encoder = OmegaConf.to_container(cfg.encoder, resolve=True)
     checks = [
-        lambda: _DATASET_CHECKS.get(dataset["name"], lambda **_: None)(**dataset),
-        lambda: check_weights_present(encoder["name"], weights=encoder.get("weights")),
+        lambda: dataset_spec(dataset["name"]).preflight(**dataset),
+        lambda: encoder_spec(encoder["name"]).preflight(**encoder),
         lambda: check_denoiser_present(cfg.denoiser),
     ]
     missing = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -112,11 +113,12 @@ def test_the_pipeline_refuses_before_fitting_or_encoding(make_cfg, monkeypatch):
 
 
 def test_every_missing_input_is_named_before_any_work(make_cfg, tmp_path, monkeypatch):
-    from gmcert.data import DATASET_BUILDERS
+    from gmcert.data.specs import DATASETS
     from gmcert.pipeline import run
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no weights in this hub cache
-    monkeypatch.setitem(DATASET_BUILDERS, "cifar10", lambda **_: pytest.fail("data was read"))
+    unread = replace(DATASETS["cifar10"], build=lambda **_: pytest.fail("data was read"))
+    monkeypatch.setitem(DATASETS, "cifar10", unread)
     cfg = make_cfg("experiment=cifar10_vit_dds")
     with pytest.raises(FileNotFoundError) as err:
         run(cfg)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import compose_config, largest_stretch, write_idx
 
-from gmcert.encoders import TRAINED, TrainedCNNEncoder, build_encoder
+from gmcert.encoders import ENCODERS, TrainedCNNEncoder, build_encoder
 from gmcert.encoders.cnn import build_network
 from gmcert.pipeline import run
 
@@ -105,7 +105,7 @@ def test_bad_options_are_refused(options, message):
 
 
 def test_registered_and_composed(tmp_path):
-    assert "cnn" in TRAINED
+    assert ENCODERS["cnn"].trained
     assert isinstance(build_encoder("cnn", **TINY), TrainedCNNEncoder)
     cfg = compose_config(tmp_path, ["encoder=cnn", "seed=5"])
     assert cfg.encoder.name == "cnn" and cfg.encoder.seed == 5

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from conftest import CONFIGS, compose_config, start_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from gmcert.data import DATASET_BUILDERS
+from gmcert.data.specs import DATASETS
 from gmcert.pipeline import run
 
 GROUPS = ["dataset", "encoder", "mixture", "certify", "divergence", "experiment"]
@@ -82,7 +83,7 @@ def test_bad_certify_options_fail_before_any_work(make_cfg, monkeypatch, overrid
     def no_data(*args, **kwargs):
         raise AssertionError("the dataset was built before the options were checked")
 
-    monkeypatch.setitem(DATASET_BUILDERS, "digits", no_data)
+    monkeypatch.setitem(DATASETS, "digits", replace(DATASETS["digits"], build=no_data))
     with pytest.raises(ValueError, match=message):
         run(make_cfg("certify=closed_form", *override.split()))
 
@@ -99,7 +100,7 @@ def test_bad_dataset_options_fail_before_any_work(make_cfg, monkeypatch, overrid
     def no_data(*args, **kwargs):
         raise AssertionError("the dataset was built before the options were checked")
 
-    monkeypatch.setitem(DATASET_BUILDERS, "synthetic", no_data)
+    monkeypatch.setitem(DATASETS, "synthetic", replace(DATASETS["synthetic"], build=no_data))
     with pytest.raises(ValueError, match=re.escape(message)):
         run(make_cfg("certify=closed_form", "dataset=synthetic", override))
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from gmcert.data import DATASET_BUILDERS
 from gmcert.data.digits import build_digits
+from gmcert.data.specs import DATASETS
 from gmcert.io import PredictionLog
 from gmcert.pipeline import run
 
@@ -126,7 +127,7 @@ def _patched_digits(monkeypatch, corrupt):
         corrupt(data)
         return data
 
-    monkeypatch.setitem(DATASET_BUILDERS, "digits", build)
+    monkeypatch.setitem(DATASETS, "digits", replace(DATASETS["digits"], build=build))
 
 
 def test_nan_in_data_is_a_clear_error(make_cfg, monkeypatch):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from conftest import CONFIGS
 from torch import nn
 
-from gmcert.encoders import ENCODER_BUILDERS, PRETRAINED, TRAINED, build_encoder, spectral
+from gmcert.encoders import ENCODERS, build_encoder, spectral
 from gmcert.encoders.hub_models import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip, dinov2
 from gmcert.encoders.torchvision_models import resnet, vit
 from gmcert.encoders.wrapper import IMAGENET_MEAN, IMAGENET_STD, BuildOptions, PretrainedEncoder
@@ -223,7 +223,9 @@ def test_vit_state_dict_round_trip(tmp_path):
 
 
 def test_registry():
-    assert set(PRETRAINED) == set(ENCODER_BUILDERS) - {"identity", "pca", *TRAINED}
+    trained = {name for name, spec in ENCODERS.items() if spec.trained}
+    pretrained = {name for name, spec in ENCODERS.items() if spec.pretrained}
+    assert pretrained == set(ENCODERS) - {"identity", "pca", *trained}
     with pytest.raises(ValueError, match=r"unknown encoder 'resnet5O'; choose one of \[.*'vit'"):
         build_encoder("resnet5O")
     enc = build_encoder("resnet18", weights=None, image_size=32)
@@ -232,7 +234,7 @@ def test_registry():
 
 def test_every_registered_encoder_has_a_config():
     """One registry, nothing unreachable: each name is a configs/encoder/<name>.yaml option."""
-    assert {p.stem for p in (CONFIGS / "encoder").glob("*.yaml")} == set(ENCODER_BUILDERS)
+    assert {p.stem for p in (CONFIGS / "encoder").glob("*.yaml")} == set(ENCODERS)
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,18 @@
-"""Dataset builders: a registry from config name to a function returning `LabelledData`."""
+"""The labelled data every stage reads (`LabelledData`, its `Split`s) and `build_dataset`, which
+builds a dataset from its spec (:mod:`gmcert.data.specs`) and checks it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from gmcert.data.specs import dataset_spec
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -27,6 +33,9 @@ class Split:
 
     def batch(self, positions) -> torch.Tensor:
         """The inputs at ``positions`` as one float tensor (B, *input_shape)."""
+        # torch on first use: the dataset registry (which the CLI reads) loads without it.
+        import torch
+
         if isinstance(self.inputs, np.ndarray):
             return torch.from_numpy(np.asarray(self.inputs[positions], dtype=np.float32))
         return torch.stack([self.inputs[int(p)][0] for p in positions])
@@ -109,35 +118,9 @@ def validate_split(split: Split, *, name: str, num_classes: int) -> None:
             )
 
 
-def _builder(module: str, name: str):
-    """Import the dataset's module only when it is used."""
-
-    def build(**options):
-        import importlib
-
-        return getattr(importlib.import_module(f"gmcert.data.{module}"), f"build_{name}")(**options)
-
-    return build
-
-
-DATASET_BUILDERS = {
-    "digits": _builder("digits", "digits"),
-    "synthetic": _builder("synthetic", "synthetic"),
-    "distorted": _builder("student_t", "distorted"),
-    "cifar10": _builder("cifar10", "cifar10"),
-    "imagenet": _builder("imagenet", "imagenet"),
-    "fashion_mnist": _builder("idx", "fashion_mnist"),
-    "mnist": _builder("idx", "mnist"),
-    "folder": _builder("folder", "folder"),
-    "arrays": _builder("arrays", "arrays"),
-}
-
-
 def build_dataset(name: str, **options) -> LabelledData:
     """Build the dataset registered as ``name`` and check it before anything uses it."""
-    if name not in DATASET_BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_BUILDERS)}")
-    data = DATASET_BUILDERS[name](**options)
+    data = dataset_spec(name).build(**options)
     for split_name in ("train", "test"):
         validate_split(getattr(data, split_name), name=split_name, num_classes=data.num_classes)
     return data

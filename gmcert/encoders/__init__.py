@@ -1,4 +1,5 @@
-"""Encoders: one registry from config name (``configs/encoder/<name>.yaml``) to a builder.
+"""Encoders: one spec per config name (``configs/encoder/<name>.yaml``), in
+:data:`~gmcert.encoders.specs.ENCODERS`, and :func:`build_encoder`.
 
 Every encoder maps a batch of inputs (pixels in [0, 1]) to latents (B, d) and carries
 ``lipschitz``: an l2 -> l2 Lipschitz bound of the whole map, or None when none is known (then
@@ -16,77 +17,46 @@ frozen :class:`PretrainedEncoder` every pretrained builder returns and the :clas
 they all take),
 :mod:`~gmcert.encoders.torchvision_models` (ResNet-18/50, ViT-B/16),
 :mod:`~gmcert.encoders.hub_models` (CLIP via open_clip, DINOv2 via timm),
-:mod:`~gmcert.encoders.weights` (weight files) and :mod:`~gmcert.encoders.spectral` (spectral
-Lipschitz bounds).
+:mod:`~gmcert.encoders.weights` (weight files), :mod:`~gmcert.encoders.spectral` (spectral
+Lipschitz bounds), :mod:`~gmcert.encoders.schemas` (each encoder's typed options) and
+:mod:`~gmcert.encoders.specs` (the registry).
+
+The classes below are imported on first use (PEP 562), so that reading the registry (the CLI
+does, to register the schemas) loads no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import fields
-from functools import partial
+import importlib
 
-from torch import nn
+from gmcert.encoders.specs import ENCODERS, EncoderSpec, encoder_spec
 
-from gmcert.encoders import hub_models, torchvision_models
-from gmcert.encoders.cnn import TrainedCNNEncoder
-from gmcert.encoders.linear import IdentityEncoder, PCAEncoder
-from gmcert.encoders.lipschitz import LipschitzEncoder
-from gmcert.encoders.wrapper import BuildOptions, PretrainedEncoder
-
-# Pretrained builders take (BuildOptions, **own keywords).  torchvision weights are only read
-# from torch hub's local cache, never downloaded, so allow_download (which concerns the hub
-# libraries only) does not reach the torchvision builders.
-_TORCHVISION: dict[str, Callable[..., PretrainedEncoder]] = {
-    "resnet18": partial(torchvision_models.resnet, "resnet18"),
-    "resnet50": partial(torchvision_models.resnet, "resnet50"),
-    "vit": torchvision_models.vit,
+_HOMES = {
+    "BuildOptions": "gmcert.encoders.wrapper",
+    "IdentityEncoder": "gmcert.encoders.linear",
+    "LipschitzEncoder": "gmcert.encoders.lipschitz",
+    "PCAEncoder": "gmcert.encoders.linear",
+    "PretrainedEncoder": "gmcert.encoders.wrapper",
+    "TrainedCNNEncoder": "gmcert.encoders.cnn",
 }
-_HUB: dict[str, Callable[..., PretrainedEncoder]] = {
-    "clip": hub_models.clip,
-    "dinov2": hub_models.dinov2,
-}
-ENCODER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "identity": IdentityEncoder,
-    "pca": PCAEncoder,
-    "lipschitz": LipschitzEncoder,
-    "cnn": TrainedCNNEncoder,
-    **_TORCHVISION,
-    **_HUB,
-}
-# Frozen pretrained encoders: their latents depend on the weights, not on the training data.
-PRETRAINED = (*_TORCHVISION, *_HUB)
-# Encoders gmcert trains on the train split, whose weights live in the run's cache folder.
-TRAINED = ("lipschitz", "cnn")
-_SHARED_OPTIONS = tuple(f.name for f in fields(BuildOptions))
 
 
-def build_encoder(name: str, **options) -> nn.Module:
+def build_encoder(name: str, **options):
     """The encoder registered as ``name``, built from its config options.
 
     A pretrained encoder's options split into the :class:`BuildOptions` every pretrained
     builder shares (weights, lipschitz, image_size, source_size, device) and the builder's own
     keywords (clip's model/pretrained, dinov2's model, the hub libraries' allow_download).
     """
-    if name not in ENCODER_BUILDERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODER_BUILDERS)}")
-    if name not in PRETRAINED:
-        return ENCODER_BUILDERS[name](**options)
-    if name in _TORCHVISION:
-        options.pop("allow_download", None)
-    shared = {key: options.pop(key) for key in _SHARED_OPTIONS if key in options}
-    return ENCODER_BUILDERS[name](BuildOptions(**shared), **options)
+    return encoder_spec(name).build(**options)
 
 
-__all__ = [
-    "ENCODER_BUILDERS",
-    "PRETRAINED",
-    "TRAINED",
-    "BuildOptions",
-    "IdentityEncoder",
-    "LipschitzEncoder",
-    "PCAEncoder",
-    "PretrainedEncoder",
-    "TrainedCNNEncoder",
-    "build_encoder",
-]
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'gmcert.encoders' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+__all__ = ["ENCODERS", "EncoderSpec", "build_encoder", "encoder_spec", *sorted(_HOMES)]

@@ -40,9 +40,10 @@ def _resolve_weights(
 _TORCHVISION_MODELS = {"resnet18": "resnet18", "resnet50": "resnet50", "vit": "vit_b_16"}
 
 
-def check_weights_present(name: str, *, weights=None) -> None:
+def check_weights_present(name: str, *, weights=None, **_) -> None:
     """FileNotFoundError when the weight file encoder ``name`` would read is missing (reads
-    only the file system); nothing for random weights or other encoders."""
+    only the file system); nothing for random weights or other encoders. The encoder's other
+    options are accepted and ignored (its spec's preflight receives them all)."""
     from torchvision import models
 
     arch = _TORCHVISION_MODELS.get(name)
