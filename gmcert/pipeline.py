@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gmcert.attack.stage import attack_all, attack_enabled
+from gmcert.attack.stage import attack_all, attack_enabled, findings, raise_if_unsound
 from gmcert.bounds.degradation import degrade
 from gmcert.certify.methods import CertifyInputs, build_methods
 from gmcert.certify.reuse import PredictionCache, prediction_key, prediction_options
@@ -31,12 +30,12 @@ from gmcert.device import resolve_device
 from gmcert.features import encode
 from gmcert.fit import fit_mixture
 from gmcert.io import lock_run_folder, open_prediction_log, run_fingerprint, write_run_config
-from gmcert.population.columns import add_population_columns
+from gmcert.population.columns import population_q
 from gmcert.preflight import check_inputs_present
 from gmcert.provenance import StageTimer, provenance
 from gmcert.report.outputs import describe_run, write_run
-from gmcert.report.published import published_rows
-from gmcert.report.table import add_empirical_robust_accuracy, evaluate
+from gmcert.report.published import published_curves
+from gmcert.report.table import empirical_robust_accuracy, evaluate, result_table
 
 
 def run(cfg: DictConfig) -> dict:
@@ -135,20 +134,20 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     with timer("evaluate"):
         radii, alpha = list(cfg.certify.radii), cfg.certify.ci_alpha
         evaluation = evaluate(predictions, methods, radii=radii, alpha=alpha)
-        table = evaluation.table
-        population = add_population_columns(
-            table, mixture, transfer=transfer, options=cfg.certify, device=device, seed=cfg.seed
+        population = population_q(
+            methods, mixture, radii=radii, options=cfg.certify, device=device, seed=cfg.seed
         )
-        attack = add_empirical_robust_accuracy(table, predictions, attacks) if attacks else None
+        empirical = None
+        if attacks:
+            empirical = empirical_robust_accuracy(predictions, attacks, radii=radii)
+        published = None
         if any(m.smoothing is not None for m in methods):
-            table = pd.concat(
-                [table, published_rows(data.name, cfg.certify.sigma)], ignore_index=True
-            )
+            published = published_curves(data.name, cfg.certify.sigma)
     degradation = None
     if cfg.divergence.enabled or cfg.divergence.eps is not None:
         with timer("divergence"):
             degradation = degrade(
-                table,
+                evaluation.table,
                 population,
                 mixture,
                 latents.test,
@@ -160,10 +159,17 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
                 truth=data.truth if latents.spec.identity else None,
             )
 
+    table = result_table(
+        evaluation.table,
+        population=population,
+        empirical=empirical,
+        published=published,
+        bounds=degradation.bounds if degradation else None,
+    )
     metrics = {
         **describe_run(data, cfg.encoder.name, latents, mixture, positions),
-        "methods": evaluation.summary,
-        "attack": attack,
+        "methods": evaluation.summary_metrics(),
+        "attack": empirical.metrics if empirical else None,
         "population_Q": population.as_metrics() if population else None,
         "divergence": degradation.metrics if degradation else None,
         "throughput": {
@@ -177,5 +183,10 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         "output_dir": str(out_dir),
     }
     title = f"{data.name} / {cfg.encoder.name} / {mixture.covariance}"
-    write_run(out_dir, table, predictions, degradation, metrics, title=title, attacks=attacks)
+    found = findings(attacks) if attacks else None
+    unsound = write_run(
+        out_dir, table, predictions, degradation, metrics, title=title, findings=found
+    )
+    if found is not None:
+        raise_if_unsound(found, unsound)
     return metrics

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from gmcert.bounds.confidence import clopper_pearson_lower, clopper_pearson_upper
 from gmcert.bounds.kl import bernoulli_kl, bretagnolle_huber_lower, kl_inverse_lower, pinsker_lower
+from gmcert.confidence import clopper_pearson_lower, clopper_pearson_upper
 
 
 @pytest.mark.parametrize("alpha", [0.001, 0.05])

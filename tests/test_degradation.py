@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gmcert.bounds.degradation import add_bound_columns, judge
+from gmcert.bounds.degradation import bound_columns, judge
 from gmcert.bounds.kl import kl_inverse_lower
 from gmcert.pipeline import run
 
@@ -22,45 +22,27 @@ def bernoulli_kl(p, q):
     return a + b
 
 
-def table_with(ci_high, population, radii=None) -> pd.DataFrame:
-    """A certified-accuracy table: closed-form rows with CA under Q, and smoothing rows
-    without (their population_Q is NaN), as the pipeline writes it."""
-    k = len(ci_high)
-    radii = np.linspace(0, 1, k) if radii is None else np.asarray(radii)
-    closed = pd.DataFrame(
-        {
-            "method": "closed_form",
-            "radius": radii,
-            "certified_accuracy": np.asarray(ci_high) - 0.02,
-            "ci_low": np.asarray(ci_high) - 0.05,
-            "ci_high": ci_high,
-            "population_Q": population,
-        }
-    )
-    smoothing = closed.assign(method="smoothing_gmm", population_Q=np.nan)
-    return pd.concat([closed, smoothing], ignore_index=True)
-
-
 Q_LOW = np.array([0.95, 0.80, 0.60, 0.30])
+RADII = [0.0, 0.25, 0.5, 1.0]
 
 
-def test_bound_columns_are_the_kl_inverse_on_rows_with_ca_under_q():
+def bounds_at(ci_high, population_low, eps, **given):
+    return bound_columns(
+        population_low=population_low, ci_high=ci_high, eps=eps, source="stated budget", **given
+    )
+
+
+def test_bound_columns_are_the_kl_inverse_of_ca_under_q():
     eps = 0.05
-    table = table_with([0.99, 0.90, 0.20, 0.31], Q_LOW + 0.01)
-    add_bound_columns(table, population_low=Q_LOW, eps=eps)
-    rows = table["population_Q"].notna()
-    bound = table.loc[rows, "bound_at_eps"].to_numpy()
-    np.testing.assert_allclose(bound, kl_inverse_lower(Q_LOW, eps), rtol=0, atol=0)
+    bounds = bounds_at([0.99, 0.90, 0.20, 0.31], Q_LOW, eps)
+    np.testing.assert_allclose(bounds.at_eps, kl_inverse_lower(Q_LOW, eps), rtol=0, atol=0)
     # The bound solves kl(p || q) = eps below q (written out, not through the library).
-    assert np.all(bound < Q_LOW)
-    np.testing.assert_allclose(bernoulli_kl(bound, Q_LOW), eps, rtol=1e-9)
-    assert (table.loc[rows, "eps"] == eps).all()
+    assert np.all(bounds.at_eps < Q_LOW)
+    np.testing.assert_allclose(bernoulli_kl(bounds.at_eps, Q_LOW), eps, rtol=1e-9)
+    assert bounds.eps == eps and bounds.source == "stated budget"
     # The looser bounds sit below the tight one.
-    for column in ("pinsker_at_eps", "bretagnolle_huber_at_eps"):
-        assert np.all(table.loc[rows, column].to_numpy() <= bound + 1e-12)
-    # Rows without CA under Q get no bound.
-    for column in ("eps", "bound_at_eps", "pinsker_at_eps", "above_bound"):
-        assert table.loc[~rows, column].isna().all(), column
+    for looser in (bounds.pinsker, bounds.bretagnolle_huber):
+        assert np.all(looser <= bounds.at_eps + 1e-12)
 
 
 def test_above_bound_compares_the_upper_interval_end_with_the_bound():
@@ -68,41 +50,29 @@ def test_above_bound_compares_the_upper_interval_end_with_the_bound():
     bound = kl_inverse_lower(Q_LOW, eps)
     #            above        far below     just at it   just below
     ci_high = [bound[0] + 0.01, 0.20, bound[2], bound[3] - 1e-6]
-    table = table_with(ci_high, Q_LOW)
-    add_bound_columns(table, population_low=Q_LOW, eps=eps)
-    rows = table["population_Q"].notna()
-    assert table.loc[rows, "above_bound"].tolist() == [True, False, True, False]
-    assert table["above_bound"].dtype == "boolean"
+    bounds = bounds_at(ci_high, Q_LOW, eps)
+    assert bounds.above.tolist() == [True, False, True, False]
+    assert bounds.above.dtype == bool
 
 
 def test_true_eps_and_upper_columns_only_when_given():
-    table = table_with([0.99, 0.90, 0.70, 0.40], Q_LOW)
-    add_bound_columns(table, population_low=Q_LOW, eps=0.05)
-    assert "bound_at_true_eps" not in table and "bound_at_eps_upper" not in table
+    ci_high = [0.99, 0.90, 0.70, 0.40]
+    bounds = bounds_at(ci_high, Q_LOW, 0.05)
+    assert bounds.at_true_eps is None and bounds.at_eps_upper is None
 
-    table = table_with([0.99, 0.90, 0.70, 0.40], Q_LOW)
-    add_bound_columns(table, population_low=Q_LOW, eps=0.05, eps_upper=0.2, eps_true=0.01)
-    rows = table["population_Q"].notna()
-    np.testing.assert_array_equal(
-        table.loc[rows, "bound_at_true_eps"], kl_inverse_lower(Q_LOW, 0.01)
-    )
-    np.testing.assert_array_equal(
-        table.loc[rows, "bound_at_eps_upper"], kl_inverse_lower(Q_LOW, 0.2)
-    )
-    assert table.loc[~rows, "bound_at_true_eps"].isna().all()
+    bounds = bounds_at(ci_high, Q_LOW, 0.05, eps_upper=0.2, eps_true=0.01)
+    np.testing.assert_array_equal(bounds.at_true_eps, kl_inverse_lower(Q_LOW, 0.01))
+    np.testing.assert_array_equal(bounds.at_eps_upper, kl_inverse_lower(Q_LOW, 0.2))
     # A smaller eps gives a higher bound, a larger one a lower bound.
-    at_eps = table.loc[rows, "bound_at_eps"].to_numpy()
-    assert np.all(table.loc[rows, "bound_at_true_eps"].to_numpy() > at_eps)
-    assert np.all(table.loc[rows, "bound_at_eps_upper"].to_numpy() < at_eps)
+    assert np.all(bounds.at_true_eps > bounds.at_eps)
+    assert np.all(bounds.at_eps_upper < bounds.at_eps)
 
 
 # -------------------------------------------------------------------------------- verdicts
 
 
 def judged(ci_high, population_low, eps):
-    table = table_with(ci_high, population_low, radii=[0.0, 0.25, 0.5, 1.0])
-    add_bound_columns(table, population_low=population_low, eps=eps)
-    return judge(table, eps=eps, source="stated budget")
+    return judge(RADII, bounds_at(ci_high, population_low, eps))
 
 
 def test_verdict_above_when_every_radius_is_at_or_above_the_bound():

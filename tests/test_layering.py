@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gmcert.provenance",
         "gmcert.checks",
         "gmcert.gaussian",
+        "gmcert.confidence",
     ),
     ("gmcert.data", "gmcert.encoders", "gmcert.denoisers"),
     ("gmcert.models", "gmcert.features", "gmcert.preflight"),
@@ -45,16 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
 
 # (importer, imported) pairs still to be mended, each with where it is tracked; remove a pair
 # once it is mended. Empty when the layering holds everywhere.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    # Issue 19 (seams): the Clopper-Pearson bounds (and, since the seams change, certified
-    # accuracy with them) are statistics that certify and population use, not part of the
-    # eps bound; bounds/confidence.py is to move down to the base layer.
-    ("gmcert.certify.smoothing", "gmcert.bounds.confidence"),
-    ("gmcert.population.accuracy", "gmcert.bounds.confidence"),
-    # Issue 19 (seams): CA under Q reuses the report's table maths; being moved to
-    # bounds/confidence.py by the seams change (the pair above), then down with it.
-    ("gmcert.population.accuracy", "gmcert.report.table"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

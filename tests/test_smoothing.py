@@ -15,8 +15,8 @@ import torch
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
-from gmcert.bounds.confidence import clopper_pearson_lower
 from gmcert.certify.smoothing import ABSTAIN, Certificate, SmoothedClassifier, radius_cap
+from gmcert.confidence import clopper_pearson_lower
 
 # ----------------------------------------------------------------------------- base classifiers
 

@@ -1,4 +1,5 @@
-"""What the attack stage returns for one attacked method."""
+"""What the attack stage returns: one result per attacked method, and what the write stage
+needs of them all (:class:`Findings`)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,16 @@ class Attacked:
     norm: str
     space: str
     method: str
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The attack stage's results as the write stage takes them (it does not import the attack
+    package): ``attack_radius`` per attacked method (by index), for the plot's band; ``flips``,
+    every confirmed flip inside a smoothing radius; ``unsound``, the findings that make the run
+    UNSOUND (a closed-form certificate beaten at all, smoothing ones beyond what alpha
+    allows)."""
+
+    attack_radius: dict[str, pd.Series]
+    flips: list[dict]
+    unsound: list[dict]

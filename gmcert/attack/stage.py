@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from torch import nn
 
 from gmcert.attack.linear import linear_boundary_projection
 from gmcert.attack.minimum_norm import minimum_norm_attack
-from gmcert.attack.results import Attacked
+from gmcert.attack.results import Attacked, Findings
 from gmcert.attack.smoothing import attack_smoothed
 from gmcert.certify.methods import CertificationMethod, CertifyInputs
 from gmcert.data import Split
@@ -88,6 +89,30 @@ def unsound_findings(attacks) -> list[dict]:
     return [v for attacked in attacks for v in attacked.violations]
 
 
+def findings(attacks) -> Findings:
+    """What the write stage records of the attack stage's results (:class:`Findings`)."""
+    return Findings(
+        attack_radius={attacked.method: attacked.radius for attacked in attacks},
+        # Every confirmed flip inside a smoothing radius; UNSOUND only beyond what alpha allows.
+        flips=[f for attacked in attacks for f in getattr(attacked, "flips", [])],
+        unsound=unsound_findings(attacks),
+    )
+
+
+def raise_if_unsound(found: Findings, written: Path | None) -> None:
+    """The run's last step: :class:`UnsoundCertificate` when an attack beat a certificate
+    (``written``: the file the write stage recorded the findings in)."""
+    violations = found.unsound
+    if not violations:
+        return
+    where = sorted({f"{v['method']} ({v['norm']}, {v['space']} space)" for v in violations})
+    raise UnsoundCertificate(
+        f"UNSOUND: an attack changed the prediction strictly inside {len(violations)}"
+        f" certified radii of {', '.join(where)}; the points, perturbations and both radii"
+        f" are in {written}"
+    )
+
+
 def attack_certificates(
     predictions: pd.DataFrame,
     method: CertificationMethod,
@@ -99,7 +124,8 @@ def attack_certificates(
     and space; ``options``: the ``attack`` config node (steps, restarts, batch_size,
     tolerance, skip: only the points whose index is a multiple of it)."""
     started = time.perf_counter()
-    space, norm, mixture, encoder = method.space, method.norm, inputs.mixture, inputs.encoder
+    where, norm, mixture, encoder = method.radius_space, method.norm, inputs.mixture, inputs.encoder
+    space = where.space
     test = inputs.data.test
     # By dataset index, as smoothing's subset: shards and resumed runs attack the same points.
     positions = positions[test.indices[positions] % options.skip == 0]
@@ -114,7 +140,7 @@ def attack_certificates(
     else:
         x = torch.as_tensor(np.asarray(inputs.test_latents[positions], np.float64))
         model = head.eval()
-    linear = inputs.transfer.linear if space == "input" else None
+    linear = where.linear  # the encoder's exact map, where these input radii go through it
     affine = mixture.is_linear_ and (space == "latent" or linear is not None)
     # Scores affine in the attacked space: the first (DeepFool) step over every rival lands on
     # the nearest face, up to the overshoot the bisection then removes, and the exact
@@ -145,7 +171,7 @@ def attack_certificates(
     certified = (
         predictions[predictions["method"] == method.name]
         .set_index("index")
-        .loc[indices, f"radius_{space}"]
+        .loc[indices, where.column]
         .to_numpy()
     )
     inside = radius < certified * (1 - options.tolerance)

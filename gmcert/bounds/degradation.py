@@ -1,8 +1,9 @@
 """The degrade stage (docs/theory.md section 6): what eps = KL(P || Q) implies for CA under P.
 
 Turns CA under Q and an eps (estimated on held-out latents, or a budget the user states) into
-the table's bound columns, and checks whether the measured certified accuracy sits above the
-bound: the falsification check a referee asks for.
+the bound on the rows with CA under Q (:class:`BoundColumns`, which
+:func:`gmcert.report.table.result_table` puts in the table), and checks whether the measured
+certified accuracy sits above the bound: the falsification check a referee asks for.
 """
 
 from __future__ import annotations
@@ -24,39 +25,54 @@ from gmcert.population.columns import PopulationQ
 log = logging.getLogger(__name__)
 
 
-def add_bound_columns(
-    table: pd.DataFrame,
+@dataclass(frozen=True)
+class BoundColumns:
+    """The bound at eps on each row with CA under Q (in that order): the kl-inverse bound
+    (``at_eps``, the table's ``bound_at_eps``), the looser Pinsker and Bretagnolle-Huber ones,
+    the kl-inverse at the interval's upper end and at the true eps where given, whether the
+    measured certified accuracy reaches it (``above``), and which eps it is (``source``)."""
+
+    eps: float
+    at_eps: np.ndarray
+    pinsker: np.ndarray
+    bretagnolle_huber: np.ndarray
+    above: np.ndarray  # bool
+    source: str
+    at_eps_upper: np.ndarray | None = None
+    at_true_eps: np.ndarray | None = None
+
+
+def bound_columns(
     *,
     population_low,
+    ci_high,
     eps: float,
+    source: str,
     eps_upper: float | None = None,
     eps_true: float | None = None,
-) -> pd.DataFrame:
-    """Bound columns on the rows that have CA under Q (``population_low`` aligned with them).
+) -> BoundColumns:
+    """The bounds on the rows with CA under Q (``population_low`` and the measured ``ci_high``
+    aligned with them).
 
     ``population_low`` is the lower Clopper-Pearson end of the Monte Carlo CA_Q, so the bound
     holds for the stated eps at the interval's confidence, not only for the point estimate.
-    ``above_bound``: the measured certified accuracy's upper interval end is at or above the
-    bound at eps (False would falsify the claim that KL(P || Q) <= eps).
+    ``above``: the measured certified accuracy's upper interval end is at or above the bound at
+    eps (False would falsify the claim that KL(P || Q) <= eps).
     """
-    rows = table["population_Q"].notna()
     q = np.asarray(population_low, np.float64)
-    table["eps"] = np.nan
-    table.loc[rows, "eps"] = eps
-    for column, values in {
-        "bound_at_eps": kl_inverse_lower(q, eps),
-        "pinsker_at_eps": pinsker_lower(q, eps),
-        "bretagnolle_huber_at_eps": bretagnolle_huber_lower(q, eps),
-    }.items():
-        table[column] = np.nan
-        table.loc[rows, column] = values
-    # At the interval's upper end; at the true eps where the data's law is known.
-    for column, value in (("bound_at_eps_upper", eps_upper), ("bound_at_true_eps", eps_true)):
-        if value is not None:
-            table[column] = np.nan
-            table.loc[rows, column] = kl_inverse_lower(q, value)
-    table["above_bound"] = above_bound(table["ci_high"], table["bound_at_eps"])
-    return table
+    at_eps = kl_inverse_lower(q, eps)
+    above = above_bound(pd.Series(np.asarray(ci_high, np.float64)), pd.Series(at_eps))
+    return BoundColumns(
+        eps=eps,
+        at_eps=at_eps,
+        pinsker=pinsker_lower(q, eps),
+        bretagnolle_huber=bretagnolle_huber_lower(q, eps),
+        above=above.to_numpy(bool),
+        source=source,
+        # At the interval's upper end; at the true eps where the data's law is known.
+        at_eps_upper=None if eps_upper is None else kl_inverse_lower(q, eps_upper),
+        at_true_eps=None if eps_true is None else kl_inverse_lower(q, eps_true),
+    )
 
 
 def above_bound(ci_high: pd.Series, bound: pd.Series) -> pd.Series:
@@ -80,13 +96,13 @@ class Verdict:
         return self.kind != "falsified"
 
 
-def judge(table: pd.DataFrame, *, eps: float, source: str) -> Verdict:
-    """Is the measured certified accuracy at or above the bound at ``eps`` at every radius
-    (``above``), below it somewhere (``falsified``: the data refute KL(P || Q) <= eps), or is
-    the bound 0 everywhere (``vacuous``)? Needs the columns of :func:`add_bound_columns`."""
-    rows = table["population_Q"].notna()
-    if not bool(table.loc[rows, "above_bound"].all()):
-        failing = table.loc[rows & ~table["above_bound"].fillna(True), "radius"].tolist()
+def judge(radius, bounds: BoundColumns) -> Verdict:
+    """Is the measured certified accuracy at or above the bound at every radius (``above``),
+    below it somewhere (``falsified``: the data refute KL(P || Q) <= eps), or is the bound 0
+    everywhere (``vacuous``)? ``radius``: the radii of the rows ``bounds`` is for."""
+    eps, source = bounds.eps, bounds.source
+    if not bool(bounds.above.all()):
+        failing = np.asarray(radius, np.float64)[~bounds.above].tolist()
         return Verdict(
             "falsified",
             f"measured certified accuracy falls BELOW the bound at eps = {eps:.4g} at radii "
@@ -99,7 +115,7 @@ def judge(table: pd.DataFrame, *, eps: float, source: str) -> Verdict:
             "exact zeros of ReLU features), so P has no density and KL(P || Q) is infinite for "
             "every Gaussian mixture Q; the bound is 0 at every radius",
         )
-    if (table.loc[rows, "bound_at_eps"] <= 0).all():
+    if (bounds.at_eps <= 0).all():
         return Verdict(
             "vacuous",
             f"the bound at eps = {eps:.4g} ({source}) is 0 at every radius: vacuous, the "
@@ -132,10 +148,40 @@ class Sensitivity:
 class Degradation:
     metrics: dict  # metrics.json's "divergence" entry
     sensitivity: Sensitivity | None
+    bounds: BoundColumns | None = None  # None: no eps, or no rows with CA under Q
+
+
+@dataclass(frozen=True)
+class EpsReading:
+    """What the bound takes from the eps stage's estimates, read from its result once: the eps
+    the bound uses (``eps``: None when no estimator gave a joint estimate) with its interval,
+    what it is (``basis``), and the raw readings' eps and interval where the bound's eps is
+    null-corrected."""
+
+    eps: float | None
+    upper: float | None
+    interval: tuple[float | None, float | None] | None
+    basis: str
+    raw: float | None = None
+    raw_interval: tuple[float | None, float | None] | None = None
+
+    @classmethod
+    def of(cls, estimated: dict) -> EpsReading:
+        """From :func:`gmcert.eps.stage.estimate_for_mixture`'s result."""
+        eps, upper, basis = estimated["eps_hat"], estimated["eps_upper"], estimated["eps_basis"]
+        raw = raw_interval = None
+        # The plot marks each eps with its own estimator's interval.
+        if basis == "null-corrected" and estimated["eps_raw"]["eps_hat"] is not None:
+            raw = estimated["eps_raw"]["eps_hat"]
+            raw_interval = tuple(estimated["eps_raw"]["interval"])
+        interval = None
+        if eps is not None:
+            interval = tuple(estimated.get("interval") or (estimated["eps_ci_low"], upper))
+        return cls(eps, upper, interval, basis, raw, raw_interval)
 
 
 def degrade(
-    table: pd.DataFrame,
+    measured: pd.DataFrame,
     population: PopulationQ | None,
     mixture: GaussianMixtureClassifier,
     Z_test,
@@ -147,23 +193,18 @@ def degrade(
     truth: GroundTruth | None = None,
 ) -> Degradation:
     """eps (estimated on the held-out test latents, or the stated budget ``options.eps``) ->
-    bound columns in ``table``, the verdict, and the sensitivity curves. With the data's exact
-    law (synthetic data), also the true eps by Monte Carlo and each estimator's error.
+    the bound on the rows of ``measured`` (the evaluate stage's table) that ``population``
+    has CA under Q for, the verdict, and the sensitivity curves. With the data's exact law
+    (synthetic data), also the true eps by Monte Carlo and each estimator's error.
     ``options``: the ``divergence`` config node."""
     result: dict = {}
-    eps_hat = eps_upper = interval = raw = raw_interval = None
+    reading = None
     if options.enabled:
         result.update(
             estimate_for_mixture(mixture, Z_test, y_test, options, seed=seed, device=device)
         )
-        eps_hat, eps_upper = result["eps_hat"], result["eps_upper"]
-        # The plot marks each eps with its own estimator's interval.
-        if result["eps_basis"] == "null-corrected" and result["eps_raw"]["eps_hat"] is not None:
-            raw = result["eps_raw"]["eps_hat"]
-            raw_interval = tuple(result["eps_raw"]["interval"])
-        if eps_hat is not None:
-            interval = tuple(result.get("interval") or (result["eps_ci_low"], eps_upper))
-        else:
+        reading = EpsReading.of(result)
+        if reading.eps is None:
             result["note"] = "no estimator gave a joint eps estimate (see the estimates' notes)"
             if options.eps is None:
                 return Degradation(result, None)
@@ -189,35 +230,47 @@ def degrade(
                 }
         # 3 standard errors above the Monte Carlo estimate: the bound at the true eps, safely.
         eps_true = max(result["eps_true"]["estimate"] + 3 * result["eps_true"]["stderr"], 0.0)
-    eps = options.eps if options.eps is not None else eps_hat
-    basis = result.get("eps_basis", "raw")
-    if options.eps is not None:
+    stated = options.eps is not None
+    eps = options.eps if stated else reading.eps
+    basis = reading.basis if reading is not None else "raw"
+    if stated:
         source = "stated budget"
     else:
         source = "null-corrected estimate" if basis == "null-corrected" else "estimate"
     result.update(eps_used=eps, eps_source=source)
-    add_bound_columns(
-        table,
+    rows = measured[population.rows(measured)]
+    eps_upper = reading.upper if reading is not None else None
+    bounds = bound_columns(
         population_low=population.ci_low,
+        ci_high=rows["ci_high"].to_numpy(),
         eps=eps,
-        eps_upper=eps_upper if options.eps is None else None,
+        source=source,
+        eps_upper=None if stated else eps_upper,
         eps_true=eps_true,
     )
-    table["eps_source"] = pd.Series(pd.NA, index=table.index, dtype="string")
-    table.loc[table["population_Q"].notna(), "eps_source"] = source  # which eps the bound is at
-    verdict = judge(table, eps=eps, source=source)
+    verdict = judge(rows["radius"].to_numpy(), bounds)
     result.update(measured_above_bound=verdict.above, verdict=verdict.text)
     log.info(verdict.text)
-    if options.eps is not None:  # a stated budget: the estimates are not what the bound uses
-        raw = raw_interval = None
+    interval = reading.interval if reading is not None else None
+    raw = raw_interval = None
+    if (
+        reading is not None and not stated
+    ):  # a stated budget: the estimates are not what the bound uses
+        raw, raw_interval = reading.raw, reading.raw_interval
     marks = (eps_upper, eps, raw, raw_interval[1] if raw_interval else None)
     finite = [e for e in marks if e is not None and math.isfinite(e)]
     grid = np.geomspace(1e-3, max([10.0, *(2 * e for e in finite)]), 200)
-    rows = table[table["population_Q"].notna()]
     curves = sensitivity_curves(population.ci_low, grid)
     if not math.isfinite(eps):  # nothing to mark on a finite axis: only the curves
         eps, interval, raw, raw_interval = None, None, None, None
-    return Degradation(
-        result,
-        Sensitivity(rows, grid, curves, eps, interval, raw, raw_interval, basis=source),
+    sensitivity = Sensitivity(
+        rows.assign(population_Q=population.accuracy),
+        grid,
+        curves,
+        eps,
+        interval,
+        raw,
+        raw_interval,
+        basis=source,
     )
+    return Degradation(result, sensitivity, bounds)

@@ -51,16 +51,51 @@ class SmoothingSettings:
     radius_cap: float
 
 
+@dataclass(frozen=True)
+class RadiusSpace:
+    """Where a method's radii are measured and how they got there, decided once, where the
+    method is built: the table, CA under Q, the ceiling, the attack and the plot read it here
+    instead of working it out again.
+
+    ``space``: "input" (pixel units) or "latent" (latent units); the table's ``space`` column
+    and the predictions column ``radius_<space>`` the table reads. ``folded``: the certifier of
+    the rule folded into an encoder linear in its input, certified in input space directly
+    (exact in every norm), or None. ``transfer``: for a latent certificate read in input units
+    (folded, or through a Lipschitz bound), the run's :class:`RadiusTransfer`; None where the
+    radii stay latent, or are input radii by construction (smoothing).
+    """
+
+    space: str
+    folded: Any = None
+    transfer: RadiusTransfer | None = None
+
+    @property
+    def column(self) -> str:
+        """The predictions column holding these radii."""
+        return f"radius_{self.space}"
+
+    @property
+    def linear(self):
+        """The encoder's exact linear map where these input radii go through it, else None."""
+        return self.transfer.linear if self.transfer is not None else None
+
+
 class CertificationMethod(Protocol):
     name: str
     norm: str  # the perturbation norm of its radii
-    space: str  # "input" (pixel units) or "latent": where its table radii are measured
+    radius_space: RadiusSpace  # where its radii are measured, and how they got there
+    space: str  # radius_space.space: "input" (pixel units) or "latent"
     exact: bool  # True: the exact radius; False: a sound lower bound
     chunk_size: int  # points certified per call (and per resume step)
     smoothing: SmoothingSettings | None
     # Its certificates can be checked by an attack (gmcert.attack): the deterministic model's
     # minimum-norm attack where ``smoothing`` is None, the smoothed classifier's otherwise.
+    # An attacked method gets the table's empirical column and the plot's band.
     attackable: bool
+    # It certifies Q's own Bayes rule in closed form, so CA under Q (a certificate of that
+    # rule on draws from Q), the ceiling under Q and the eps bound built on them describe its
+    # rows.
+    under_q: bool
 
     def certify(self, positions: np.ndarray) -> Certified: ...
 
@@ -97,6 +132,7 @@ class ClosedForm:
     name = "closed_form"
     smoothing = None
     attackable = True
+    under_q = True
 
     def __init__(self, inputs: CertifyInputs):
         opts, mixture = inputs.options, inputs.mixture
@@ -117,14 +153,20 @@ class ClosedForm:
         )
         self._through = None
         if self._folded is not None:
-            self.space, self.exact = "input", True
+            self.radius_space = RadiusSpace("input", self._folded, self._transfer)
+            self.exact = True
         elif self._transfer.factor is not None:
             same = self._transfer.latent_norm == opts.norm
             self._through = self._latent if same else certifier(self._transfer.latent_norm)
-            self.space = "input"
+            self.radius_space = RadiusSpace("input", None, self._transfer)
             self.exact = self._latent.exact and linear is not None and linear.weight is None
         else:
-            self.space, self.exact = "latent", self._latent.exact
+            self.radius_space = RadiusSpace("latent")
+            self.exact = self._latent.exact
+
+    @property
+    def space(self) -> str:
+        return self.radius_space.space
 
     def certify(self, positions: np.ndarray) -> Certified:
         latents = self._latents[positions]
@@ -156,9 +198,11 @@ class Smoothing:
     """
 
     norm = "l2"
-    space = "input"
+    radius_space = RadiusSpace("input")  # input radii by construction: no transfer, no fold
+    space = radius_space.space
     exact = True
     attackable = True  # by gmcert.attack.smoothing, through smoothed, classes and noise_seeds
+    under_q = False  # it certifies the smoothed classifier, not Q's Bayes rule
 
     def __init__(self, inputs: CertifyInputs, *, head: str, noise_trained: bool):
         opts = inputs.options

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from gmcert.bounds.confidence import clopper_pearson_lower
 from gmcert.checks import check_int, check_sigma
+from gmcert.confidence import clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "radius_cap"]
 

@@ -8,7 +8,7 @@ from scipy import linalg, stats
 
 from gmcert.certify.latent import certify_latents
 from gmcert.certify.norms import DUAL_EXPONENT, check_norm
-from gmcert.report.table import certified_accuracy
+from gmcert.confidence import certified_accuracy
 
 
 def two_class_certified_accuracy(

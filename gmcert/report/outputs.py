@@ -1,5 +1,6 @@
-"""The write stage: one run's table, plots and metrics.json, each written atomically; a run
-whose certificates an attack beat ends here, UNSOUND, after writing everything."""
+"""The write stage: one run's table, plots and metrics.json, each written atomically, and the
+attack's findings (a run whose certificates an attack beat is then ended UNSOUND by
+:func:`gmcert.attack.stage.raise_if_unsound`, after everything is written)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gmcert.attack.stage import UnsoundCertificate, unsound_findings
 from gmcert.bounds.degradation import Degradation
 from gmcert.data import LabelledData
 from gmcert.features import Encoded
@@ -24,17 +24,18 @@ def write_run(
     metrics: dict,
     *,
     title: str,
-    attacks=(),
-) -> None:
-    """``attacks``: the attack stage's results, one per attacked method (Attacked;
-    SmoothedAttacked for smoothing)."""
+    findings=None,
+) -> Path | None:
+    """``findings``: the attack stage's (``gmcert.attack.results.Findings``: attack radii per
+    attacked method, smoothing's confirmed flips, the UNSOUND findings), None when it did not
+    run. Returns the file the UNSOUND findings were written to, None when there are none."""
     write_csv(out_dir / "certified_accuracy.csv", table)
     plot_certified_accuracy(
         predictions,
         table,
         out_dir / "certified_accuracy.png",
         title=title,
-        attack_radius={attacked.method: attacked.radius for attacked in attacks} or None,
+        attack_radius=(findings.attack_radius or None) if findings is not None else None,
     )
     if degradation is not None and degradation.sensitivity is not None:
         s = degradation.sensitivity
@@ -50,19 +51,14 @@ def write_run(
             basis=s.basis,
         )
     write_json(out_dir / "metrics.json", metrics)
-    # Every confirmed flip inside a smoothing radius; UNSOUND only beyond what alpha allows.
-    flips = [f for attacked in attacks for f in getattr(attacked, "flips", [])]
-    if flips:
-        write_json(out_dir / "smoothing_flips.json", flips)
-    violations = unsound_findings(attacks)
-    if violations:
-        write_json(out_dir / "unsound.json", violations)
-        where = sorted({f"{v['method']} ({v['norm']}, {v['space']} space)" for v in violations})
-        raise UnsoundCertificate(
-            f"UNSOUND: an attack changed the prediction strictly inside {len(violations)}"
-            f" certified radii of {', '.join(where)}; the points, perturbations and both radii"
-            f" are in {out_dir / 'unsound.json'}"
-        )
+    if findings is None:
+        return None
+    if findings.flips:
+        write_json(out_dir / "smoothing_flips.json", findings.flips)
+    if not findings.unsound:
+        return None
+    write_json(out_dir / "unsound.json", findings.unsound)
+    return out_dir / "unsound.json"
 
 
 def describe_run(data: LabelledData, encoder_name: str, latents: Encoded, mixture, positions):

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gmcert.confidence import certified_count  # noqa: E402
 from gmcert.io import atomic_write  # noqa: E402
-from gmcert.report.table import certified_count  # noqa: E402
 
 # Columns drawn beside the measured curve: (column, line style, legend label).
 REFERENCE_CURVES = (

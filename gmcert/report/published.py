@@ -12,7 +12,7 @@ not at hand to transcribe; add rows only from the paper itself.
 
 from __future__ import annotations
 
-import pandas as pd
+from dataclasses import dataclass
 
 COHEN_2019 = {
     ("cifar10", 0.25): {0.0: 0.748, 0.25: 0.600, 0.5: 0.428, 0.75: 0.266, 1.0: 0.0},
@@ -26,23 +26,21 @@ METHOD = "cohen2019_published"
 CARLINI_METHOD = "carlini2023_published"
 
 
-def published_rows(dataset: str, sigma: float) -> pd.DataFrame:
-    """Rows in the certified_accuracy.csv layout for the published numbers, or an empty frame."""
+@dataclass(frozen=True)
+class PublishedCurve:
+    """One paper's certified accuracy by radius (l2, input pixel units), shown beside a run."""
+
+    method: str
+    accuracy: dict[float, float]  # radius -> certified accuracy
+    norm: str = "l2"
+    space: str = "input"
+
+
+def published_curves(dataset: str, sigma: float) -> list[PublishedCurve]:
+    """The published curves for this dataset and sigma (possibly none), to be shown as rows of
+    the run's table (:func:`gmcert.report.table.published_table`)."""
     sources = [
         (METHOD, COHEN_2019.get((dataset, float(sigma)))),
         (CARLINI_METHOD, CARLINI_2023.get(dataset)),
     ]
-    frames = [
-        pd.DataFrame(
-            {
-                "method": method,
-                "norm": "l2",
-                "space": "input",
-                "radius": list(numbers),
-                "certified_accuracy": list(numbers.values()),
-            }
-        )
-        for method, numbers in sources
-        if numbers is not None
-    ]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return [PublishedCurve(method, numbers) for method, numbers in sources if numbers is not None]
