@@ -185,7 +185,14 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     title = f"{data.name} / {cfg.encoder.name} / {mixture.covariance}"
     found = findings(attacks) if attacks else None
     unsound = write_run(
-        out_dir, table, predictions, degradation, metrics, title=title, findings=found
+        out_dir,
+        table,
+        predictions,
+        degradation,
+        metrics,
+        title=title,
+        methods=methods,
+        findings=found,
     )
     if found is not None:
         raise_if_unsound(found, unsound)

@@ -24,9 +24,11 @@ def write_run(
     metrics: dict,
     *,
     title: str,
+    methods,
     findings=None,
 ) -> Path | None:
-    """``findings``: the attack stage's (``gmcert.attack.results.Findings``: attack radii per
+    """``methods``: the run's certification methods (where each one's radii are).
+    ``findings``: the attack stage's (``gmcert.attack.results.Findings``: attack radii per
     attacked method, smoothing's confirmed flips, the UNSOUND findings), None when it did not
     run. Returns the file the UNSOUND findings were written to, None when there are none."""
     write_csv(out_dir / "certified_accuracy.csv", table)
@@ -35,6 +37,7 @@ def write_run(
         table,
         out_dir / "certified_accuracy.png",
         title=title,
+        radius_columns={method.name: method.radius_space.column for method in methods},
         attack_radius=(findings.attack_radius or None) if findings is not None else None,
     )
     if degradation is not None and degradation.sensitivity is not None:

@@ -26,9 +26,11 @@ def plot_certified_accuracy(
     path,
     *,
     title: str,
+    radius_columns: dict[str, str],
     attack_radius: dict[str, pd.Series] | None = None,
 ):
-    """One curve per method, with the table's Clopper-Pearson intervals as error bars; where
+    """One curve per method, its radii read from ``radius_columns[method]`` (the method's
+    ``radius_space.column``), with the table's Clopper-Pearson intervals as error bars; where
     ``attack_radius`` gives a method's attack radii (by index), the band up to its empirical
     robust accuracy is shaded: the true robust accuracy lies in it (for smoothing, up to the
     Monte Carlo error of its certificates and of PREDICT)."""
@@ -45,7 +47,7 @@ def plot_certified_accuracy(
         )
     for method, rows in predictions.groupby("method", sort=False):
         space = table.loc[table["method"] == method, "space"].iloc[0]
-        radii = rows["radius_input" if space == "input" else "radius_latent"].to_numpy()
+        radii = rows[radius_columns[method]].to_numpy()
         finite = radii[np.isfinite(radii)]
         top = max(float(finite.max()) if finite.size else 1.0, float(table["radius"].max()))
         grid = np.linspace(0, top * 1.05, 400)
