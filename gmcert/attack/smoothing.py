@@ -197,7 +197,7 @@ def attack_smoothed(
     n = options.smoothing_n or settings.n
     alpha, sigma, tolerance = settings.alpha, settings.sigma, options.tolerance
     points = rows.loc[indices]
-    certified = points["radius_input"].to_numpy(np.float64)
+    certified = points[method.radius_space.column].to_numpy(np.float64)
     labels = points["predict"].to_numpy()
     code_of = {label: code for code, label in enumerate(method.classes.tolist())}
     attacked = labels != ABSTAIN  # an abstention has no prediction to keep: radius 0

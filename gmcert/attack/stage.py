@@ -1,8 +1,9 @@
 """The attack stage: every certificate attacked where its radius is measured.
 
-For each point the closed form certified, the smallest perturbation found that changes the
-deterministic model's prediction (encoder -> mixture head on inputs when radii are in input
-space, the head on latents when they are in latent units), in the certificate's norm. Where
+For each point an attackable method without smoothing (the closed form) certified, the
+smallest perturbation found that changes the deterministic model's prediction (encoder ->
+mixture head on inputs when the method's ``radius_space`` is input space, the head on latents
+when it is latent), in the certificate's norm. Where
 the model is linear in its input the exact boundary projection is taken as well. The attack
 radius bounds the robust radius from above, as the certificate bounds it from below: their
 ratio is the certificate's tightness, and an attack that succeeds strictly inside a certified
