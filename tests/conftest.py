@@ -1,5 +1,7 @@
 """Shared test helpers: configs composed the way Hydra composes them (each run under
-tmp_path), and small fake CIFAR-10 / ImageNet folders written in the real on-disk formats."""
+tmp_path), the one list of quick-run overrides (QUICK), the one command-line runner
+(gmcert_run, start_cli), the e2e marker's time budget, and small fake CIFAR-10 / ImageNet /
+IDX data written in the real on-disk formats."""
 
 from __future__ import annotations
 
@@ -12,6 +14,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+
+# The e2e marker's time budget: hooks, which pytest finds here by name.
+from e2e_budget import (  # noqa: F401
+    pytest_runtest_protocol,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -144,53 +153,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-# --------------------------------------------------------------------------------------------
-# End-to-end tests (marker e2e) and their time budget
-
-# Wall seconds an e2e test may take, its setup (a shared run in a fixture) included. A guard
-# against a quick run quietly becoming slow (a default turned paper-scale, a stage that stops
-# being skipped), not a speed test: the quick runs take 2-20 s on 2 idle cores, and the
-# budget leaves room for a machine shared with other work. A test that is slow on purpose
-# says so: @pytest.mark.e2e(budget=600).
-E2E_BUDGET_S = 60.0
-E2E_SECONDS: dict[str, list[float]] = {}  # nodeid -> [seconds spent, budget]
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    yield
-    marker = item.get_closest_marker("e2e")
-    if marker is not None:
-        budget = float(marker.kwargs.get("budget", E2E_BUDGET_S))
-        E2E_SECONDS.setdefault(item.nodeid, [0.0, budget])[0] += call.duration
-
-
-def over_budget() -> dict[str, list[float]]:
-    return {node: spent for node, spent in E2E_SECONDS.items() if spent[0] > spent[1]}
-
-
-def pytest_sessionfinish(session, exitstatus):
-    if over_budget() and exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not E2E_SECONDS:
-        return
-    node, (spent, _) = max(E2E_SECONDS.items(), key=lambda entry: entry[1][0])
-    total = sum(seconds for seconds, _ in E2E_SECONDS.values())
-    terminalreporter.section("end-to-end time budget", sep="-")
-    terminalreporter.write_line(
-        f"{len(E2E_SECONDS)} e2e test(s), {total:.1f} s in all; the slowest: {node}, {spent:.1f} s"
-    )
-    for node, (spent, budget) in sorted(over_budget().items()):
-        terminalreporter.write_line(
-            f"OVER BUDGET (the session fails): {node} took {spent:.1f} s, its budget {budget:g} s",
-            red=True,
-            bold=True,
-        )
 
 
 # --------------------------------------------------------------------------------------------
