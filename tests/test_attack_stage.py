@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import QUICK
 
 from gmcert.attack.stage import UnsoundCertificate
 from gmcert.certify.methods import ClosedForm
 from gmcert.cli import run_job
 from gmcert.pipeline import run
 
-FAST = ("certify.methods=[closed_form]", "divergence.enabled=false", "attack.enabled=true")
+FAST = (*QUICK, "attack.enabled=true")
 
 
 def _closed_form_rows(out_dir) -> pd.DataFrame:
@@ -34,6 +35,7 @@ def _closed_form_rows(out_dir) -> pd.DataFrame:
     ],
     ids=["identity-l2", "pca-linf", "pca-whiten-l1", "full-linf"],
 )
+@pytest.mark.e2e
 def test_attack_never_beats_a_certificate_and_bounds_accuracy_from_above(make_cfg, overrides):
     cfg = make_cfg(*FAST, *overrides)
     metrics = run(cfg)
@@ -52,6 +54,7 @@ def test_attack_never_beats_a_certificate_and_bounds_accuracy_from_above(make_cf
         assert 0 < attack["tightness_median"] <= 1.0 + 1e-9
 
 
+@pytest.mark.e2e
 def test_attack_skip_attacks_the_points_whose_index_is_a_multiple(make_cfg):
     cfg = make_cfg(*FAST, "attack.skip=4", "certify.stop=101")
     metrics = run(cfg)
@@ -63,6 +66,7 @@ def test_attack_skip_attacks_the_points_whose_index_is_a_multiple(make_cfg):
         run(none)
 
 
+@pytest.mark.e2e
 def test_an_over_certified_radius_ends_the_run_unsound(make_cfg, monkeypatch, tmp_path):
     honest = ClosedForm.certify
 
@@ -84,6 +88,7 @@ def test_an_over_certified_radius_ends_the_run_unsound(make_cfg, monkeypatch, tm
     assert (tmp_path / "run" / "certified_accuracy.csv").exists()
 
 
+@pytest.mark.e2e
 def test_the_command_line_exits_non_zero_with_unsound(make_cfg, monkeypatch, capsys):
     honest = ClosedForm.certify
     monkeypatch.setattr(
@@ -99,4 +104,4 @@ def test_the_command_line_exits_non_zero_with_unsound(make_cfg, monkeypatch, cap
 
 def test_attack_enabled_rejects_anything_but_true_false_auto(make_cfg):
     with pytest.raises(ValueError, match="attack.enabled must be true, false or auto"):
-        run(make_cfg(*FAST[:2], "attack.enabled=sometimes"))
+        run(make_cfg(*QUICK, "attack.enabled=sometimes"))

@@ -6,11 +6,10 @@ from __future__ import annotations
 import errno
 import json
 from dataclasses import replace
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import gmcert_run, hydra_config
 from omegaconf import open_dict
 
 import gmcert.features as features
@@ -70,13 +69,7 @@ def test_file_errors_are_one_line_with_the_file_and_the_fix(code, fix):
 @pytest.mark.slow
 def test_an_output_folder_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
-    proc = subprocess.run(
-        [sys.executable, "-m", "gmcert.cli", f"hydra.run.dir={tmp_path}/file/run"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
+    proc = gmcert_run(f"hydra.run.dir={tmp_path}/file/run", status=2, timeout=300)
     assert "cannot create the output folder" in proc.stderr
     assert "is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -132,16 +125,12 @@ def test_every_missing_input_is_named_before_any_work(make_cfg, tmp_path, monkey
 def test_the_output_folder_check_resolves_hydras_own_paths(tmp_path, monkeypatch):
     """A plain run printed a UserWarning: the callback resolved ``hydra.run.dir`` (through
     ``${hydra:runtime.cwd}``) before Hydra had set its config, and the check was skipped."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from gmcert.cli import CONFIG_DIR, CheckOutputFolder
+    from gmcert.cli import CheckOutputFolder
 
     monkeypatch.chdir(tmp_path)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True)
+    cfg = hydra_config()
     HydraConfig.instance().cfg = None  # as Hydra leaves it when the callbacks run
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = str(tmp_path)

@@ -112,6 +112,7 @@ def test_registered_and_composed(tmp_path):
     assert list(cfg.encoder.channels) == [32, 64]
 
 
+@pytest.mark.e2e
 def test_pipeline_certifies_input_radii_through_the_bound(make_cfg, tmp_path):
     """A whole run on fake IDX files: input radii are latent radii over the spectral bound,
     and the run's own attack (every certified point, in input space) never beats one."""
@@ -144,6 +145,7 @@ def test_pipeline_certifies_input_radii_through_the_bound(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l1"])
+@pytest.mark.e2e
 def test_pipeline_certificates_survive_the_attack_in_linf_and_l1(make_cfg, tmp_path, norm):
     write_idx(tmp_path / "idx")
     cfg = make_cfg(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import QUICK
 
 from gmcert.bounds.degradation import bound_columns, judge
 from gmcert.bounds.kl import kl_inverse_lower
@@ -129,12 +130,11 @@ SYNTHETIC = [
     ],
     ids=["above", "falsified", "vacuous"],
 )
+@pytest.mark.e2e
 def test_verdict_in_the_metrics_of_a_run(make_cfg, overrides, eps, expected, above):
     cfg = make_cfg(
-        "certify=closed_form",
+        *QUICK,
         "certify.population_samples=4000",
-        "divergence.enabled=false",
-        "attack.enabled=false",
         f"divergence.eps={eps}",
         *overrides,
     )

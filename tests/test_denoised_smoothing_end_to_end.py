@@ -5,26 +5,22 @@ one clear line when the denoiser's weights are missing."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 import torch
-from conftest import write_cifar10
+from conftest import QUICK, gmcert_run, write_cifar10
 
 from gmcert.pipeline import run
 
 # Digits, a few points, small n: smoothing methods only, nothing else.
 QUICK_DIGITS = [
+    *QUICK,
     "certify.methods=[smoothing_probe,smoothing_gmm_clean]",
     "certify.stop=12",
     "certify.n=200",
     "certify.n0=20",
     "certify.noise_batch=400",
     "certify.noise_copies=1",
-    "divergence.enabled=false",
-    "attack.enabled=false",
 ]
 
 SEEN = {"images": 0}
@@ -46,6 +42,7 @@ def predictions(cfg) -> pd.DataFrame:
     return table.drop(columns="seconds").sort_values(["method", "index"], ignore_index=True)
 
 
+@pytest.mark.e2e
 def test_identity_denoiser_leaves_every_certificate_unchanged(tmp_path, make_cfg):
     plain = make_cfg(*QUICK_DIGITS)
     run(plain)
@@ -55,6 +52,7 @@ def test_identity_denoiser_leaves_every_certificate_unchanged(tmp_path, make_cfg
     pd.testing.assert_frame_equal(predictions(identity), predictions(plain))
 
 
+@pytest.mark.e2e
 def test_noise_trained_heads_are_fitted_through_the_denoiser(tmp_path, make_cfg):
     cfg = make_cfg(
         *QUICK_DIGITS,
@@ -69,6 +67,7 @@ def test_noise_trained_heads_are_fitted_through_the_denoiser(tmp_path, make_cfg)
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_diffusion_model_runs_end_to_end_on_fake_cifar10(tmp_path, make_cfg):
     diffusers = pytest.importorskip("diffusers")
     write_cifar10(tmp_path / "data" / "cifar10")
@@ -86,6 +85,7 @@ def test_tiny_diffusion_model_runs_end_to_end_on_fake_cifar10(tmp_path, make_cfg
         scheduler=diffusers.DDPMScheduler(),
     ).save_pretrained(folder)
     cfg = make_cfg(
+        *QUICK,
         "dataset=cifar10",
         "dataset.skip=4",
         "encoder=resnet18",
@@ -97,7 +97,6 @@ def test_tiny_diffusion_model_runs_end_to_end_on_fake_cifar10(tmp_path, make_cfg
         "certify.n0=8",
         "certify.noise_batch=64",
         "certify.noise_copies=1",
-        "divergence.enabled=false",
         "attack=none",
         "denoiser=diffusion",
         f"denoiser.weights={folder}",
@@ -127,24 +126,16 @@ def test_missing_denoiser_weights_stop_the_run_with_one_line(tmp_path):
     pytest.importorskip("diffusers")
     data = tmp_path / "data"
     write_cifar10(data / "cifar10")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gmcert.cli",
-            "experiment=cifar10_vit_dds",
-            f"paths.data_dir={data}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            "encoder.weights=random",
-            "encoder.image_size=32",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = gmcert_run(
+        "experiment=cifar10_vit_dds",
+        f"paths.data_dir={data}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "encoder.weights=random",
+        "encoder.image_size=32",
         cwd=tmp_path,
+        status=2,
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("gmcert: error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr
     assert str(data / "denoisers" / "ddpm-cifar10-32") in errors[0]

@@ -10,17 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_config, linear_radius, rebuild_run
+from conftest import QUICK, compose_config, linear_radius, rebuild_run
 from scipy import stats
 
 from gmcert.pipeline import run
 
-FAST = [
-    "certify=closed_form",
-    "divergence.enabled=false",
-    "attack.enabled=false",  # tests/test_attack.py covers the attack stage
-    "certify.population_samples=4000",
-]
+pytestmark = pytest.mark.e2e
+
+# No attack stage here: tests/test_attack.py covers it.
+FAST = [*QUICK, "certify.population_samples=4000"]
 RUNS = {
     "shared": [],
     # Quadratic boundaries cost far more per point: 16 PCA latents, a third of the test

@@ -7,13 +7,10 @@ and on random-init encoders at 32 px: the same code path as real data and weight
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 import torch
-from conftest import CONFIGS, write_cifar10, write_idx, write_imagenet
+from conftest import CONFIGS, gmcert_run, write_cifar10, write_idx, write_imagenet
 
 from gmcert.pipeline import run
 from gmcert.report.sweep import report
@@ -92,28 +89,21 @@ def fake_data(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("experiment", sorted(PER_EXPERIMENT))
 def test_experiment_runs_as_a_sweep_on_tiny_data(experiment, tmp_path, fake_data):
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gmcert.cli",
-            "-m",
-            f"experiment={experiment}",
-            f"hydra.sweep.dir={sweep}",
-            f"paths.data_dir={fake_data}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            *TINY,
-            *PER_EXPERIMENT[experiment],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    gmcert_run(
+        "-m",
+        f"experiment={experiment}",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.data_dir={fake_data}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        *TINY,
+        *PER_EXPERIMENT[experiment],
         cwd=tmp_path,
+        timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [p.parent for p in sweep.rglob("certified_accuracy.csv")]
     failed = list(sweep.rglob("failed.json"))
     assert jobs and not failed, [f.read_text() for f in failed]
@@ -146,6 +136,7 @@ IN_PROCESS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("experiment", sorted(IN_PROCESS))
 def test_embedded_experiment_runs_in_process(experiment, make_cfg):
     cfg = make_cfg(

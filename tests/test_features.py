@@ -4,20 +4,17 @@ when what determines the latents differs."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from conftest import QUICK
 
 from gmcert.features import cache_key, cached
 from gmcert.pipeline import run
 
 
+@pytest.mark.e2e
 def test_second_run_hits_the_cache_and_a_truncated_entry_is_rebuilt(make_cfg, tmp_path):
     def job(name, *overrides):
-        cfg = make_cfg(
-            "certify=closed_form",
-            "divergence.enabled=false",
-            "attack.enabled=false",
-            "certify.population_samples=0",
-            *overrides,
-        )
+        cfg = make_cfg(*QUICK, "certify.population_samples=0", *overrides)
         cfg.paths.output_dir = str(tmp_path / name)
         return run(cfg)
 

@@ -7,16 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import gmcert_run, hydra_config
 
-from gmcert.cli import CONFIG_DIR, config_choices
+from gmcert.cli import config_choices
 
 
 def test_help_names_the_program_and_lists_choosable_options_only():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True)
+    cfg = hydra_config()
     assert cfg.hydra.help.app_name == "gmcert-run"
     text = cfg.hydra.help.template  # resolves ${gmcert_choices:}
     assert text.startswith("gmcert-run: ")
@@ -31,10 +28,7 @@ def test_help_names_the_program_and_lists_choosable_options_only():
 
 @pytest.mark.slow
 def test_help_from_the_command_line():
-    proc = subprocess.run(
-        [sys.executable, "-m", "gmcert.cli", "--help"], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = gmcert_run("--help", timeout=120)
     assert proc.stdout.startswith("gmcert-run: ") and "schema_" not in proc.stdout
     assert "powered by Hydra" not in proc.stdout and "cli " not in proc.stdout
 

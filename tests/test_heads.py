@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK
 
 from gmcert.data.digits import build_digits
 from gmcert.models.heads import LinearProbeHead, MixtureHead, fit_linear_probe
@@ -46,17 +47,17 @@ def test_probe_head_is_the_probe_on_raw_latents(digits):
     ],
     ids=["clean_trained", "noise_trained"],
 )
+@pytest.mark.e2e
 def test_smoothed_probe_keeps_its_accuracy_on_digits(make_cfg, method, extra):
     """Per-feature standardisation once gave near-constant pixels huge weights, and pixel
     noise then made the smoothed probe abstain on most points."""
     metrics = run(
         make_cfg(
+            *QUICK,
             f"certify.methods=[{method}]",
             "certify.n=200",
             "certify.n0=20",
             "certify.noise_batch=4000",
-            "divergence.enabled=false",
-            "attack.enabled=false",
             *extra,
         )
     )

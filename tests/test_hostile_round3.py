@@ -6,15 +6,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import npz_arrays
+from conftest import gmcert_run, npz_arrays
 
 from gmcert.report.sweep import report, report_cli
 
@@ -153,21 +151,15 @@ def test_a_failed_single_run_records_its_error_for_the_report(tmp_path):
     """A single run (not a sweep) that fails writes failed.json too: the report gives its error
     (before, the folder held only an empty run.log and the report said nothing about it)."""
     run_dir = tmp_path / "single"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gmcert.cli",
-            "mixture.shrinkage=2.0",
-            f"hydra.run.dir={run_dir}",
-            f"paths.cache_dir={tmp_path}/cache",
-        ],
+    proc = gmcert_run(
+        "mixture.shrinkage=2.0",
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={tmp_path}/cache",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        status=2,
         timeout=300,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
     (run,) = report([run_dir], tmp_path / "report")["runs"]
     assert run.status == "failed" and "mixture.shrinkage must be one of" in run.reason
     assert run.name == "mixture.shrinkage=2.0"  # the config is recorded, so the run is named

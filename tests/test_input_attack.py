@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_config, linear_radius, rebuild_run
+from conftest import QUICK, compose_config, linear_radius, rebuild_run
 
 from gmcert.pipeline import run
 
@@ -94,13 +94,11 @@ def attack_run(tmp_path_factory, whiten: bool) -> dict:
     cfg = compose_config(
         tmp_path_factory.mktemp("attack"),
         [
-            "certify=closed_form",
+            *QUICK,  # no attack stage: the attack here is this file's own
             "certify.norm=l2",
             "encoder=pca",
             "encoder.n_components=16",
             f"encoder.whiten={str(whiten).lower()}",
-            "divergence.enabled=false",
-            "attack.enabled=false",  # the attack here is this file's own
             "certify.population_samples=0",
         ],
     )
@@ -149,6 +147,7 @@ def attacked(request):
     return request.getfixturevalue(request.param)
 
 
+@pytest.mark.e2e
 def test_no_flip_inside_the_input_radius(attacked):
     radius, distance = attacked["radius"], attacked["distance"]
     assert np.all(radius > 0) and np.all(np.isfinite(distance))
@@ -156,17 +155,20 @@ def test_no_flip_inside_the_input_radius(attacked):
     assert not inside.any(), list(zip(radius[inside], distance[inside], strict=True))
 
 
+@pytest.mark.e2e
 def test_the_attack_reaches_the_exact_boundary(attacked):
     """The attack is as strong as any: it finds the composed rule's exact l2 distance."""
     np.testing.assert_allclose(attacked["distance"], attacked["exact"], rtol=1e-9)
 
 
+@pytest.mark.e2e
 def test_the_attack_finds_flips_inside_radii_inflated_by_ten_percent(attacked):
     radius, distance = attacked["radius"], attacked["distance"]
     assert np.all(distance < 1.1 * radius)
     np.testing.assert_allclose(distance, radius, rtol=1e-6)
 
 
+@pytest.mark.e2e
 def test_whitening_is_far_from_an_isometry(whitened, pca):
     """What makes the whitened case a test: the map stretches some directions far more than
     others, so latent distances are not input distances."""

@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import compose_config, write_cifar10, write_imagenet
+from conftest import QUICK, compose_config, hydra_config, write_cifar10, write_imagenet
 from PIL import Image
 
 import gmcert.data.digest as digest_module
@@ -17,12 +17,12 @@ from gmcert.pipeline import run
 from gmcert.report.sweep import report
 
 SMOOTHING = [
+    *QUICK,
     "certify.methods=[smoothing_gmm]",
     "certify.n=100",
     "certify.n0=20",
     "certify.noise_batch=1000",  # ten points share each chunk's forward passes
     "certify.population_samples=0",
-    "divergence.enabled=false",
     "attack=none",
 ]
 
@@ -34,6 +34,7 @@ def smoothing_run(tmp_path, folder, *overrides):
     return tmp_path / folder
 
 
+@pytest.mark.e2e
 def test_resumed_sharded_and_unsplit_smoothing_runs_write_identical_tables(tmp_path):
     unsplit = smoothing_run(tmp_path, "unsplit")
 
@@ -63,13 +64,13 @@ def cifar_overrides(root):
         f"dataset.root={root}",
         "dataset.verify_checksums=false",
         "encoder=identity",
-        "certify=closed_form",
+        *QUICK,
         "certify.population_samples=0",
-        "divergence.enabled=false",
         "attack=none",
     ]
 
 
+@pytest.mark.e2e
 def test_resume_on_other_data_at_the_same_path_is_refused(tmp_path):
     root, moved = tmp_path / "data", tmp_path / "moved"
     write_cifar10(root, seed=0)
@@ -88,6 +89,7 @@ def test_resume_on_other_data_at_the_same_path_is_refused(tmp_path):
     assert len(pd.read_csv(f"{cfg.paths.output_dir}/predictions.csv")) == 20
 
 
+@pytest.mark.e2e
 def test_a_refused_resume_leaves_the_recorded_config_alone(tmp_path):
     first = compose_config(tmp_path, ["certify=closed_form", "attack=none"])
     run(first)
@@ -102,15 +104,7 @@ def test_a_refused_resume_leaves_the_recorded_config_alone(tmp_path):
 
 
 def test_hydra_does_not_write_the_config_before_gmcert_accepts_the_folder():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from gmcert.cli import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True)
-    assert cfg.hydra.output_subdir is None
+    assert hydra_config().hydra.output_subdir is None
 
 
 # ----------------------------------------------------------------------------- data digests
@@ -153,6 +147,7 @@ def test_cifar_pixels_changed_in_place_change_the_digest(tmp_path):
     assert data_digest(data)["test"] != a["test"]
 
 
+@pytest.mark.e2e
 def test_feature_cache_of_a_pretrained_encoder_misses_when_images_change(tmp_path):
     root = tmp_path / "imagenet"
     write_imagenet(root)
@@ -162,9 +157,8 @@ def test_feature_cache_of_a_pretrained_encoder_misses_when_images_change(tmp_pat
         "encoder=resnet18",
         "encoder.weights=random",
         "encoder.image_size=32",
-        "certify=closed_form",
+        *QUICK,
         "certify.population_samples=0",
-        "divergence.enabled=false",
         "attack=none",
         "mixture.covariance=isotropic",
     ]
@@ -185,9 +179,10 @@ def test_feature_cache_of_a_pretrained_encoder_misses_when_images_change(tmp_pat
 # ----------------------------------------------------------------------------- report
 
 
-FAST = ["certify=closed_form", "certify.population_samples=0", "divergence.enabled=false"]
+FAST = [*QUICK, "certify.population_samples=0"]
 
 
+@pytest.mark.e2e
 def test_report_merges_only_the_parts_of_one_split_run(tmp_path):
     def job(folder, *overrides):
         cfg = compose_config(tmp_path, [*FAST, "attack=none", *overrides])
@@ -211,6 +206,7 @@ def test_report_merges_only_the_parts_of_one_split_run(tmp_path):
     assert "merged 2 parts, points 0-359" in combined["run"].iloc[0]
 
 
+@pytest.mark.e2e
 def test_smoothing_subset_is_chosen_by_index_so_shards_agree(tmp_path):
     """certify.smoothing_skip=k: smoothing certifies the points whose index is a multiple of
     k, closed form every point; sharded and unsplit runs still write the same table."""

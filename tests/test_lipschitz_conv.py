@@ -103,6 +103,7 @@ def test_bad_inputs_and_options_are_refused(options, inputs, message):
         pytest.param("l1", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.e2e
 def test_pipeline_certificates_survive_the_attack_in_every_norm(make_cfg, tmp_path, norm):
     """A whole run on fake IDX images: the run's own input-space attack (every point) never
     gets inside a certified radius in l2, linf or l1."""

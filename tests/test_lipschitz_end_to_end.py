@@ -115,6 +115,7 @@ def test_pgd_never_beats_a_certified_input_radius(one_thread):
         pytest.param("l1", marks=pytest.mark.slow),
     ],
 )
+@pytest.mark.e2e
 def test_small_radii_survive_the_attack_on_digits(make_cfg, norm):
     """A barely trained encoder leaves radii near 0.02, where float32 latents put certificates
     1e-6 (relative) beyond the classifier the attack evaluates: the encoder and its stored
@@ -134,6 +135,7 @@ def test_small_radii_survive_the_attack_on_digits(make_cfg, norm):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_small_run_certifies_in_input_space_and_survives_attacks(make_cfg):
     cfg = make_cfg(*SMALL)
     metrics = run(cfg)
@@ -157,6 +159,7 @@ def test_small_run_certifies_in_input_space_and_survives_attacks(make_cfg):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_digits_lipschitz_experiment_meets_its_targets(make_cfg):
     cfg = make_cfg("experiment=digits_lipschitz")
     metrics = run(cfg)
@@ -175,6 +178,7 @@ def test_digits_lipschitz_experiment_meets_its_targets(make_cfg):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_smoothing_on_top_of_the_lipschitz_encoder(make_cfg):
     cfg = make_cfg(
         "experiment=digits_lipschitz",

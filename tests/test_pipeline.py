@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import QUICK
 
 from gmcert.data.digits import build_digits
 from gmcert.data.specs import DATASETS
@@ -15,7 +16,6 @@ from gmcert.io import PredictionLog
 from gmcert.pipeline import run
 
 # The closed-form certificate alone: no eps estimation, no attack stage.
-CLOSED_FORM_ONLY = ["certify=closed_form", "divergence.enabled=false", "attack.enabled=false"]
 TABLE_COLUMNS = [
     "method",
     "norm",
@@ -29,6 +29,7 @@ TABLE_COLUMNS = [
 ]
 
 
+@pytest.mark.e2e
 def test_default_run_writes_every_output(make_cfg):
     # The default, lighter: fewer noise draws (more points per noise batch), one noisy copy
     # per train point for the noise-trained heads, a shorter attack.
@@ -88,8 +89,9 @@ def test_default_run_writes_every_output(make_cfg):
     assert row["certified_accuracy"] == pytest.approx(ok.mean())
 
 
+@pytest.mark.e2e
 def test_rerun_in_same_folder_resumes_without_duplicates(make_cfg):
-    cfg = make_cfg(*CLOSED_FORM_ONLY, "certify.stop=100")
+    cfg = make_cfg(*QUICK, "certify.stop=100")
     run(cfg)
     first = pd.read_csv(f"{cfg.paths.output_dir}/predictions.csv")
     cfg.certify.stop = None  # the same job, extended to every test point
@@ -101,16 +103,18 @@ def test_rerun_in_same_folder_resumes_without_duplicates(make_cfg):
     )
 
 
+@pytest.mark.e2e
 def test_folder_of_another_config_is_refused(make_cfg):
-    run(make_cfg(*CLOSED_FORM_ONLY))
+    run(make_cfg(*QUICK))
     with pytest.raises(ValueError, match="different configuration"):
-        run(make_cfg(*CLOSED_FORM_ONLY, "mixture.shrinkage=oas"))
+        run(make_cfg(*QUICK, "mixture.shrinkage=oas"))
 
 
+@pytest.mark.e2e
 def test_synthetic_encoders_and_pca(make_cfg):
     metrics = run(
         make_cfg(
-            *CLOSED_FORM_ONLY,
+            *QUICK,
             "dataset=synthetic",
             "dataset.dim=4",
             "encoder=pca",
@@ -150,6 +154,7 @@ def test_empty_class_is_a_clear_error(make_cfg, monkeypatch):
         run(make_cfg("certify=closed_form"))
 
 
+@pytest.mark.e2e
 def test_a_second_run_in_a_busy_folder_is_refused(make_cfg, tmp_path):
     import fcntl
 

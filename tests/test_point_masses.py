@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from gmcert.eps.atoms import point_masses
 from gmcert.pipeline import run
@@ -43,6 +44,7 @@ def test_a_rare_tie_is_not_a_mass():
     assert found["found"] and found["per_class"][0]["value"] == 0.5
 
 
+@pytest.mark.e2e
 def test_a_run_on_pixels_reports_infinite_eps_and_a_vacuous_bound(make_cfg):
     """Digits pixels are integers 0..16 and corners always 0: P has no density."""
     cfg = make_cfg("certify=closed_form", "attack=none", "divergence.enabled=true")

@@ -12,14 +12,14 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import start_cli
+from conftest import QUICK, start_cli
 
 ARGS = [
+    *QUICK,
     "certify.methods=[smoothing_gmm]",
     "certify.n=1500",
     "certify.noise_batch=500",
     "certify.population_samples=0",
-    "divergence.enabled=false",
     "attack=none",  # resuming is what is tested; the smoothing attack would triple the time
 ]
 
@@ -36,6 +36,7 @@ def rows_written(path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     proc = start(killed, tmp_path / "cache")

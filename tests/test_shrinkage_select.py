@@ -65,6 +65,7 @@ def test_moments_of_other_data_are_refused(digits):
         mixture.fit(Z, y, moments=moments)
 
 
+@pytest.mark.e2e
 def test_a_run_records_the_chosen_intensity(make_cfg):
     cfg = make_cfg(
         "mixture.shrinkage=select",

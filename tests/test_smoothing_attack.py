@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import QUICK
 from scipy import stats
 from torch import nn
 
@@ -29,13 +30,14 @@ from gmcert.cli import run_job
 from gmcert.denoisers.batched import BatchedDenoiser
 from gmcert.pipeline import run
 
-QUICK = (
+# A quick run of smoothing_gmm alone, attacked.
+SMOOTHED = (
+    *QUICK,
     "certify.methods=[smoothing_gmm]",
     "certify.stop=40",
     "certify.n=1000",
     "certify.n0=50",
     "certify.population_samples=0",
-    "divergence.enabled=false",
     "attack.enabled=true",
 )
 
@@ -118,8 +120,9 @@ def _table(cfg) -> pd.DataFrame:
     return pd.read_csv(Path(cfg.paths.output_dir) / "certified_accuracy.csv")
 
 
+@pytest.mark.e2e
 def test_a_correct_smoothing_radius_is_attacked_and_never_flagged(make_cfg):
-    cfg = make_cfg(*QUICK)
+    cfg = make_cfg(*SMOOTHED)
     metrics = run(cfg)
     entry = metrics["attack"]["smoothing"]["smoothing_gmm"]
     assert entry["points"] == 40 and entry["unsound"] is False
@@ -137,6 +140,7 @@ def test_a_correct_smoothing_radius_is_attacked_and_never_flagged(make_cfg):
     assert rows["empirical_robust_accuracy"].iloc[-2] > rows["certified_accuracy"].iloc[-2]
 
 
+@pytest.mark.e2e
 def test_sigma_doubled_in_the_radius_is_caught_and_written(make_cfg, monkeypatch, tmp_path):
     honest = Smoothing.certify
 
@@ -145,7 +149,7 @@ def test_sigma_doubled_in_the_radius_is_caught_and_written(make_cfg, monkeypatch
         return replace(certified, radius_input=certified.radius_input * 2)
 
     monkeypatch.setattr(Smoothing, "certify", doubled)
-    cfg = make_cfg(*QUICK)
+    cfg = make_cfg(*SMOOTHED)
     with pytest.raises(UnsoundCertificate, match=r"UNSOUND: .*smoothing_gmm \(l2, input space\)"):
         run(cfg)
     out = Path(cfg.paths.output_dir)
@@ -164,15 +168,18 @@ def test_sigma_doubled_in_the_radius_is_caught_and_written(make_cfg, monkeypatch
     assert json.loads((out / "smoothing_flips.json").read_text()) == violations
 
 
+@pytest.mark.e2e
 def test_smoothing_attack_options_are_checked_and_can_be_turned_off(make_cfg, capsys):
     with pytest.raises(ValueError, match="attack.smoothing_samples"):
-        run(make_cfg(*QUICK, "attack.smoothing_samples=0"))
-    cfg = make_cfg(*QUICK, "attack.smoothing=false")
+        run(make_cfg(*SMOOTHED, "attack.smoothing_samples=0"))
+    cfg = make_cfg(*SMOOTHED, "attack.smoothing=false")
     cfg.paths.output_dir += "-off"
     metrics = run(cfg)
     assert metrics["attack"] is None  # nothing else in certify.methods to attack
     assert "empirical_robust_accuracy" not in _table(cfg)
-    both = make_cfg(*QUICK, "certify.methods=[closed_form,smoothing_gmm]", "attack.smoothing=false")
+    both = make_cfg(
+        *SMOOTHED, "certify.methods=[closed_form,smoothing_gmm]", "attack.smoothing=false"
+    )
     both.paths.output_dir += "-closed-form-only"
     metrics = run_job(both)
     assert metrics["attack"]["method"] == "closed_form" and metrics["attack"]["smoothing"] == {}
@@ -202,9 +209,10 @@ def test_a_base_without_input_gradients_is_refused_in_one_line():
         )
 
 
+@pytest.mark.e2e
 def test_denoised_and_clean_smoothing_are_attacked_too(make_cfg):
     cfg = make_cfg(
-        *QUICK,
+        *SMOOTHED,
         "certify.methods=[smoothing_probe_clean]",
         "certify.stop=12",
         "certify.n=300",

@@ -7,34 +7,17 @@ report are also checked in-process, on shards run by `run(...)` in one process.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
-from conftest import compose_config
+from conftest import QUICK, compose_config, gmcert_run
 
 from gmcert.pipeline import run
 from gmcert.report.sweep import report
 
-FAST = [
-    "certify=closed_form",
-    "certify.population_samples=2000",
-    "divergence.enabled=false",
-    "attack.enabled=false",
-]
+pytestmark = pytest.mark.e2e
 
-
-def gmcert_run(*args, cwd, status=0):
-    proc = subprocess.run(
-        [sys.executable, "-m", "gmcert.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == status, proc.stderr[-3000:]
-    return proc
+FAST = [*QUICK, "certify.population_samples=2000"]
 
 
 @pytest.fixture(scope="module")
