@@ -274,17 +274,29 @@ def write_imagenet(root: Path, *, seed: int = 0) -> None:
 # The command line, in a fresh interpreter (what a user's shell runs)
 
 
-def cli_command(*args: str) -> list[str]:
-    """``gmcert-run ARGS`` as a command: the console script's entry point, run as a module of
-    this interpreter, so the test runs the checkout it imports."""
-    return [sys.executable, "-m", "gmcert.cli", *map(str, args)]
+# Each console script (pyproject.toml) as this interpreter runs it, so that a test runs the
+# checkout it imports, whatever is on PATH.
+PROGRAMS = {
+    "gmcert-run": ["-m", "gmcert.cli"],
+    "gmcert-reevaluate": ["-c", "from gmcert.cli import reevaluate_main; reevaluate_main()"],
+    "gmcert-report": ["-c", "from gmcert.cli import report_main; report_main()"],
+}
 
 
-def gmcert_run(*args, cwd=None, status: int = 0, timeout: float = 600):
-    """``gmcert-run ARGS`` to its end, output captured as text; asserts the exit status (the
-    message is the tail of stderr, which says why)."""
+def cli_command(*args, program: str = "gmcert-run") -> list[str]:
+    """``PROGRAM ARGS`` as a command line."""
+    return [sys.executable, *PROGRAMS[program], *map(str, args)]
+
+
+def gmcert_run(*args, program: str = "gmcert-run", cwd=None, status: int = 0, timeout=600):
+    """``PROGRAM ARGS`` (gmcert-run unless told) to its end, output captured as text; asserts
+    the exit status (the message is the tail of stderr, which says why)."""
     proc = subprocess.run(
-        cli_command(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout
+        cli_command(*args, program=program),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == status, proc.stderr[-3000:]
     return proc

@@ -5,13 +5,11 @@ certified predictions (the prediction cache, or a run folder named by
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import QUICK, compose_config
+from conftest import QUICK, compose_config, gmcert_run
 
 import gmcert.pipeline
 from gmcert.certify.reuse import option_changes, prediction_options
@@ -50,6 +48,7 @@ def run_in(tmp_path: Path, folder: str, *overrides: str):
     return run(cfg), tmp_path / folder
 
 
+@pytest.mark.e2e
 def test_a_sweep_over_evaluation_options_certifies_once(tmp_path, calls):
     _, first = run_in(tmp_path, "first")
     assert calls == {"closed_form": 360}
@@ -71,6 +70,7 @@ def test_a_sweep_over_evaluation_options_certifies_once(tmp_path, calls):
     assert same.read_bytes() == (first / "certified_accuracy.csv").read_bytes()
 
 
+@pytest.mark.e2e
 def test_an_option_that_changes_predictions_certifies_again(tmp_path, calls):
     run_in(tmp_path, "first")
     run_in(tmp_path, "linf", "certify.norm=linf")
@@ -78,6 +78,7 @@ def test_an_option_that_changes_predictions_certifies_again(tmp_path, calls):
     assert calls == {"closed_form": 3 * 360}
 
 
+@pytest.mark.e2e
 def test_a_split_run_fills_the_cache_for_the_unsplit_one(tmp_path, calls):
     for shard in range(2):
         run_in(tmp_path, f"part{shard}", "certify.shards=2", f"certify.shard={shard}")
@@ -93,6 +94,7 @@ def entry_log(tmp_path: Path) -> Path:
     return log
 
 
+@pytest.mark.e2e
 def test_a_tampered_cache_entry_is_certified_again_never_used(tmp_path, calls):
     _, first = run_in(tmp_path, "first")
     log = entry_log(tmp_path)
@@ -109,6 +111,7 @@ def test_a_tampered_cache_entry_is_certified_again_never_used(tmp_path, calls):
 
 
 @pytest.mark.parametrize("damage", ["meta_list", "meta_missing", "header", "truncated"])
+@pytest.mark.e2e
 def test_a_damaged_cache_entry_is_certified_again(tmp_path, calls, damage):
     run_in(tmp_path, "first")
     log = entry_log(tmp_path)
@@ -126,6 +129,7 @@ def test_a_damaged_cache_entry_is_certified_again(tmp_path, calls, damage):
     assert len((second / "predictions.csv").read_text().splitlines()) == 361
 
 
+@pytest.mark.e2e
 def test_cache_off_or_forced_certifies(tmp_path, calls):
     run_in(tmp_path, "first")
     run_in(tmp_path, "off", "cache.enabled=false")
@@ -133,6 +137,7 @@ def test_cache_off_or_forced_certifies(tmp_path, calls):
     assert calls == {"closed_form": 3 * 360}
 
 
+@pytest.mark.e2e
 def test_a_run_folder_is_evaluated_again_from_its_own_predictions(tmp_path, calls):
     _, first = run_in(tmp_path, "first")
     metrics, again = run_in(
@@ -149,6 +154,7 @@ def test_a_run_folder_is_evaluated_again_from_its_own_predictions(tmp_path, call
     assert "bound_at_eps" in (again / "certified_accuracy.csv").read_text()
 
 
+@pytest.mark.e2e
 def test_a_folder_with_other_prediction_options_is_refused_before_any_stage(tmp_path, calls):
     _, first = run_in(tmp_path, "first")
     with pytest.raises(ValueError, match=r"certify.norm: 'l2' -> 'linf'"):
@@ -156,6 +162,7 @@ def test_a_folder_with_other_prediction_options_is_refused_before_any_stage(tmp_
     assert not (tmp_path / "again" / "predictions.csv").exists()
 
 
+@pytest.mark.e2e
 def test_a_folder_of_other_data_is_refused(tmp_path, calls):
     _, first = run_in(tmp_path, "first")
     (first / "prediction_key.txt").write_text("0" * 64 + "\n")
@@ -168,6 +175,7 @@ def test_a_folder_of_other_data_is_refused(tmp_path, calls):
         run_in(tmp_path, "fourth", f"certify.predictions_from={tmp_path / 'nowhere'}")
 
 
+@pytest.mark.e2e
 def test_a_resume_with_other_evaluation_options_names_the_reevaluate_command(tmp_path):
     _, first = run_in(tmp_path, "first")
     with pytest.raises(ValueError, match="only its evaluation options differ: `gmcert-reevaluate"):
@@ -235,35 +243,23 @@ def test_reevaluate_refuses_a_non_run_folder_and_a_full_output_folder(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_gmcert_reevaluate_writes_beside_the_run_and_never_over_it(tmp_path):
     base = [f"{o}" for o in BASE] + [f"paths.cache_dir={tmp_path / 'cache'}"]
     first = tmp_path / "first"
-    subprocess.run(
-        [sys.executable, "-m", "gmcert.cli", *base, f"hydra.run.dir={first}"],
-        check=True,
-        capture_output=True,
-    )
+    gmcert_run(*base, f"hydra.run.dir={first}")
     before = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
-    command = "from gmcert.cli import reevaluate_main; reevaluate_main()"
-    proc = subprocess.run(
-        [sys.executable, "-c", command, str(first), "certify.radii=[0.0,0.4]"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    gmcert_run(first, "certify.radii=[0.0,0.4]", program="gmcert-reevaluate")
     (again,) = tmp_path.glob("first-reevaluated-*")
     assert (again / "predictions.csv").read_bytes() == before["predictions.csv"]
     metrics = json.loads((again / "metrics.json").read_text())
     assert metrics["throughput"]["predictions_reused"] == 360
     assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before
-    refused = subprocess.run(
-        [sys.executable, "-c", command, str(first), "certify.norm=linf"],
-        capture_output=True,
-        text=True,
-    )
-    assert refused.returncode == 2 and "certify.norm" in refused.stderr
+    refused = gmcert_run(first, "certify.norm=linf", program="gmcert-reevaluate", status=2)
+    assert "certify.norm" in refused.stderr
 
 
+@pytest.mark.e2e
 def test_a_sweep_over_eps_is_reported_as_one_bound_against_eps(tmp_path, calls):
     for eps in ("0", "0.1", "1.0"):
         run_in(tmp_path, f"sweep/eps_{eps}", f"divergence.eps={eps}")
@@ -285,6 +281,7 @@ def test_a_sweep_over_eps_is_reported_as_one_bound_against_eps(tmp_path, calls):
     assert (tmp_path / "report" / "bound_vs_eps.png").stat().st_size > 0
 
 
+@pytest.mark.e2e
 def test_runs_with_one_eps_make_no_eps_sweep(tmp_path, calls):
     run_in(tmp_path, "runs/a", "divergence.eps=0.1")
     run_in(tmp_path, "runs/b", "divergence.eps=0.1", "certify.radii=[0.0,0.3]")
@@ -293,23 +290,16 @@ def test_runs_with_one_eps_make_no_eps_sweep(tmp_path, calls):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_multirun_over_eps_certifies_once_and_ends_with_the_bound_report(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gmcert.cli",
-            "-m",
-            *BASE,
-            "divergence.eps=0,0.01,0.1,1",
-            f"hydra.sweep.dir={sweep}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = gmcert_run(
+        "-m",
+        *BASE,
+        "divergence.eps=0,0.01,0.1,1",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     reused = [
         json.loads((sweep / str(job) / "metrics.json").read_text())["throughput"][
             "predictions_reused"
