@@ -80,6 +80,7 @@ def test_the_preflight_runs_each_spec_check_and_names_every_miss(make_cfg, monke
     assert "weights of pca is missing" in str(err.value)
 
 
+@pytest.mark.e2e
 def test_the_known_law_follows_the_identity_capability(make_cfg, monkeypatch):
     """The degrade stage uses the data's exact law only for an encoder whose spec says it is
     the identity: the same run with the flag cleared reports no true eps."""
