@@ -63,6 +63,33 @@ def test_merged_shards_recompute_the_bound_columns(tmp_path):
     pd.testing.assert_frame_equal(merged, table, check_exact=False, rtol=1e-12)
 
 
+def test_merged_shards_keep_the_bound_at_the_estimated_eps(tmp_path):
+    """With eps estimated (divergence.enabled=true), every part estimates it on all the test
+    latents, not on its own points, so the merge of two parts keeps the unsplit run's bound
+    (exact Gaussian data: a small eps, a bound that is not 0 everywhere)."""
+    estimated = [
+        *FAST,
+        "dataset=synthetic",
+        "dataset.dim=4",
+        "mixture.priors=uniform",
+        "divergence.truth_samples=2000",
+        "divergence.enabled=true",
+        "divergence.n_boot=10",
+        "divergence.null_replicates=2",
+    ]
+    whole = compose_config(tmp_path / "whole", estimated)
+    eps = run(whole)["divergence"]["eps_used"]
+    for shard in range(2):
+        cfg = compose_config(tmp_path, [*estimated, "certify.shards=2", f"certify.shard={shard}"])
+        cfg.paths.output_dir = str(tmp_path / "split" / str(shard))
+        assert run(cfg)["divergence"]["eps_used"] == eps
+    table = pd.read_csv(f"{whole.paths.output_dir}/certified_accuracy.csv")
+    assert 0 < eps < float("inf") and (table["bound_at_eps"] > 0).any()
+    merged = report([tmp_path / "split"], tmp_path / "report")["combined"].drop(columns="run")
+    merged["above_bound"] = merged["above_bound"].astype(bool)
+    pd.testing.assert_frame_equal(merged, table, check_exact=False, rtol=1e-12)
+
+
 @pytest.mark.slow
 def test_split_over_three_jobs_merges_to_the_unsplit_table(tmp_path, unsplit):
     gmcert_run(
