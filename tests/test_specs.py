@@ -101,3 +101,18 @@ def test_the_known_law_follows_the_identity_capability(make_cfg, monkeypatch):
     assert divergence["eps_used"] == 0.1
     # ... without the data's law: the encoder is not the identity as far as its spec says
     assert "eps_true" not in divergence
+
+
+def test_denoiser_specs_state_what_they_read_and_check(tmp_path, caplog):
+    from gmcert.denoisers import DENOISERS, check_denoiser_options, check_denoiser_present
+
+    assert {p.stem for p in (CONFIGS / "denoiser").glob("*.yaml")} == set(DENOISERS)
+    with caplog.at_level("WARNING", logger="gmcert.denoisers"):
+        check_denoiser_options({"name": "custom", "builder": "a.b:c", "timestep": 10})
+    assert "denoiser.timestep is set but denoiser=custom does not read it" in caplog.text
+    check_denoiser_present({"name": "none"})
+    missing = str(tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError, match="nope.pt: no such folder or file"):
+        check_denoiser_present({"name": "custom", "builder": "a.b:c", "weights": missing})
+    with pytest.raises(ValueError, match="denoiser=diffusion needs denoiser.weights"):
+        check_denoiser_present({"name": "diffusion"})

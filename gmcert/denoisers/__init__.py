@@ -17,6 +17,8 @@ import dataclasses
 import logging
 import numbers
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -26,24 +28,26 @@ from gmcert.checks import check_sigma
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DENOISER_BUILDERS",
+    "DENOISERS",
+    "DenoiserSpec",
     "build_denoiser",
     "check_denoiser_options",
     "check_denoiser_present",
 ]
 
-# Options that only some denoisers read; set for another one they are ignored, with a warning.
-_READ_BY = {
-    "weights": {"diffusion", "custom"},
-    "builder": {"diffusion", "custom"},
-    "timestep": {"diffusion"},
-    "image_size": {"diffusion"},
-    "beta_schedule": {"diffusion"},
-    "beta_start": {"diffusion"},
-    "beta_end": {"diffusion"},
-    "num_train_timesteps": {"diffusion"},
-    "prediction_type": {"diffusion"},
-}
+# Options that only some denoisers read (each spec lists its own); set for another one they
+# are ignored, with a warning.
+_SELECTIVE_OPTIONS = (
+    "weights",
+    "builder",
+    "timestep",
+    "image_size",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "num_train_timesteps",
+    "prediction_type",
+)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -64,10 +68,62 @@ def _build_custom(options, *, sigma: float, device: torch.device) -> torch.nn.Mo
     return build_custom_denoiser(options, sigma=sigma, device=device)
 
 
-DENOISER_BUILDERS: dict[str, Callable[..., torch.nn.Module | None]] = {
-    "none": _build_none,
-    "diffusion": _build_diffusion,
-    "custom": _build_custom,
+def _nothing_to_check(options) -> None:
+    """``denoiser=none``: no file to look for."""
+
+
+def _weights_present(options) -> None:
+    """FileNotFoundError when ``denoiser.weights`` names a file or folder that is not there."""
+    from gmcert.denoisers.weights import FOLDER_HINT
+
+    if options.weights is not None and not Path(options.weights).expanduser().exists():
+        raise FileNotFoundError(
+            f"denoiser.weights={options.weights}: no such folder or file. {FOLDER_HINT}"
+        )
+
+
+def _diffusion_present(options) -> None:
+    """The weights are there, and a diffusion denoiser has weights or a builder to load."""
+    from gmcert.denoisers.weights import FOLDER_HINT
+
+    _weights_present(options)
+    if options.weights is None and options.builder is None:
+        raise ValueError(f"denoiser=diffusion needs denoiser.weights=DIR. {FOLDER_HINT}")
+
+
+@dataclass(frozen=True)
+class DenoiserSpec:
+    """A denoiser as the rest of gmcert sees it (all share the ``denoiser`` schema,
+    :class:`gmcert.config.DenoiserConfig`).
+
+    ``build(options, *, sigma, device)`` returns the module (None for ``none``); ``reads`` are
+    the selective options it uses (others set for it draw a warning); ``preflight(options)``
+    raises when an input it needs is not on this machine, reading only the file system.
+    """
+
+    name: str
+    build: Callable[..., torch.nn.Module | None]
+    reads: frozenset[str] = frozenset()
+    preflight: Callable[[SimpleNamespace], None] = _nothing_to_check
+
+
+DENOISERS: dict[str, DenoiserSpec] = {
+    spec.name: spec
+    for spec in (
+        DenoiserSpec("none", _build_none),
+        DenoiserSpec(
+            "diffusion",
+            _build_diffusion,
+            reads=frozenset(_SELECTIVE_OPTIONS),
+            preflight=_diffusion_present,
+        ),
+        DenoiserSpec(
+            "custom",
+            _build_custom,
+            reads=frozenset({"weights", "builder"}),
+            preflight=_weights_present,
+        ),
+    )
 }
 
 
@@ -77,24 +133,14 @@ def build_denoiser(options, *, sigma: float, device: torch.device) -> torch.nn.M
     ImportError with the fix in the message (``gmcert-run`` prints them as one line)."""
     options = check_denoiser_options(options)
     sigma = check_sigma(sigma)
-    return DENOISER_BUILDERS[options.name](options, sigma=sigma, device=torch.device(device))
+    build = DENOISERS[options.name].build
+    return build(options, sigma=sigma, device=torch.device(device))
 
 
 def check_denoiser_present(options) -> None:
     """FileNotFoundError when the configured denoiser weights are not on this machine."""
-    from pathlib import Path
-
-    from gmcert.denoisers.weights import FOLDER_HINT
-
     options = check_denoiser_options(options)
-    if options.name == "none":
-        return
-    if options.weights is not None and not Path(options.weights).expanduser().exists():
-        raise FileNotFoundError(
-            f"denoiser.weights={options.weights}: no such folder or file. {FOLDER_HINT}"
-        )
-    if options.name == "diffusion" and options.weights is None and options.builder is None:
-        raise ValueError(f"denoiser=diffusion needs denoiser.weights=DIR. {FOLDER_HINT}")
+    DENOISERS[options.name].preflight(options)
 
 
 def check_denoiser_options(options) -> SimpleNamespace:
@@ -104,13 +150,13 @@ def check_denoiser_options(options) -> SimpleNamespace:
     """
     fields = _as_dict(options)
     name = fields.get("name", "none")
-    if name not in DENOISER_BUILDERS:
+    if name not in DENOISERS:
         raise ValueError(
-            f"unknown denoiser {name!r}; choose one of {sorted(DENOISER_BUILDERS)} "
+            f"unknown denoiser {name!r}; choose one of {sorted(DENOISERS)} "
             "(e.g. denoiser=diffusion denoiser.weights=/path/to/diffusers_folder)"
         )
-    for key, readers in _READ_BY.items():
-        if fields.get(key) is not None and name not in readers:
+    for key in _SELECTIVE_OPTIONS:
+        if fields.get(key) is not None and key not in DENOISERS[name].reads:
             log.warning("denoiser.%s is set but denoiser=%s does not read it", key, name)
     _check_optional_int(fields, "timestep", 0, "a diffusion timestep index")
     _check_optional_int(fields, "image_size", 1, "side in pixels the network runs at")
@@ -137,7 +183,7 @@ def check_denoiser_options(options) -> SimpleNamespace:
     weights = fields.get("weights")
     if weights is not None and (not isinstance(weights, str) or not weights.strip()):
         raise ValueError(f"denoiser.weights must be a path, got {weights!r}")
-    defaults = {key: None for key in (*_READ_BY, "max_batch")}
+    defaults = {key: None for key in (*_SELECTIVE_OPTIONS, "max_batch")}
     return SimpleNamespace(**{**defaults, "bf16": True, **fields, "name": name})
 
 
