@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gmcert.attack.cache import attack_key, cached_attacks
 from gmcert.attack.stage import attack_all, attack_enabled, findings, raise_if_unsound
 from gmcert.bounds.degradation import degrade
 from gmcert.certify.methods import CertifyInputs, build_methods
@@ -129,7 +130,19 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     attacks = []
     if attack_enabled(cfg.attack, data.test, methods):
         with timer("attack"):
-            attacks = attack_all(predictions, methods, inputs, positions, cfg.attack)
+            # Seeded, and fixed by the predictions: a sweep over evaluation options attacks once.
+            attacks = cached_attacks(
+                cfg.paths.cache_dir if cfg.cache.enabled else None,
+                attack_key(
+                    key,
+                    OmegaConf.to_container(cfg.attack, resolve=True),
+                    positions,
+                    cfg.certify.smoothing_skip,
+                    cfg.seed,
+                ),
+                lambda: attack_all(predictions, methods, inputs, positions, cfg.attack),
+                force=cfg.cache.force,
+            )
 
     with timer("evaluate"):
         radii, alpha = list(cfg.certify.radii), cfg.certify.ci_alpha

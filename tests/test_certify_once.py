@@ -309,3 +309,54 @@ def test_a_multirun_over_eps_certifies_once_and_ends_with_the_bound_report(tmp_p
     assert reused == [0, 360, 360, 360]
     assert "the certified-accuracy bound at each eps" in proc.stdout
     assert pd.read_csv(sweep / "bound_vs_eps.csv")["eps"].nunique() == 4
+
+
+def test_the_attack_runs_once_per_prediction_key_and_attack_options(tmp_path, monkeypatch):
+    attacked = []
+    attack_all = gmcert.pipeline.attack_all
+
+    def counting_attack_all(*args, **kwargs):
+        attacked.append(1)
+        return attack_all(*args, **kwargs)
+
+    monkeypatch.setattr(gmcert.pipeline, "attack_all", counting_attack_all)
+    _, first = run_in(tmp_path, "first", "attack.enabled=true")
+    _, again = run_in(tmp_path, "again", "attack.enabled=true", "divergence.eps=0.1")
+    assert len(attacked) == 1
+    for name in ("predictions.csv",):
+        assert (again / name).read_bytes() == (first / name).read_bytes()
+    tables = [pd.read_csv(f / "certified_accuracy.csv") for f in (first, again)]
+    pd.testing.assert_series_equal(
+        tables[0]["empirical_robust_accuracy"], tables[1]["empirical_robust_accuracy"]
+    )
+    metrics = [json.loads((f / "metrics.json").read_text())["attack"] for f in (first, again)]
+    assert metrics[0] == metrics[1]
+    (entry,) = (tmp_path / "cache" / "attacks").iterdir()
+    run_in(tmp_path, "more_steps", "attack.enabled=true", "attack.steps=7")
+    assert len(attacked) == 2  # another attack option: attacked again
+    results = entry / "results.json"
+    results.write_text(results.read_text().replace('"seconds"', '"second"'))
+    run_in(tmp_path, "after_damage", "attack.enabled=true")
+    run_in(tmp_path, "after_damage_2", "attack.enabled=true", "attack.steps=7")
+    assert len(attacked) == 3  # the damaged entry only: attacked again, the other reused
+
+
+def test_an_unsound_attack_result_is_reported_again_from_the_cache(tmp_path):
+    from gmcert.attack.cache import cached_attacks
+    from gmcert.attack.results import Attacked
+
+    beaten = Attacked(
+        radius=pd.Series([0.5, float("inf")], index=pd.Index([3, 9], name="index"), name="r"),
+        violations=[{"method": "closed_form", "index": 3, "perturbation": [0.1, float("nan")]}],
+        seconds=1.5,
+        norm="l2",
+        space="input",
+        method="closed_form",
+    )
+    stored = cached_attacks(tmp_path, "k", lambda: [beaten])
+    again = cached_attacks(tmp_path, "k", lambda: pytest.fail("attacked again"))
+    assert stored == [beaten]
+    (read,) = again
+    pd.testing.assert_series_equal(read.radius, beaten.radius)
+    assert read.violations[0]["index"] == 3 and read.violations[0]["perturbation"][0] == 0.1
+    assert (read.seconds, read.norm, read.space, read.method) == (1.5, "l2", "input", "closed_form")
