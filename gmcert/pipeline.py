@@ -1,5 +1,6 @@
-"""`run(cfg)`: data -> encode -> fit -> heads -> certify -> attack -> evaluate -> degrade ->
-write (heads: the certification methods are built, smoothing's heads trained).
+"""`run(cfg)`: data -> encode -> fit -> reuse -> heads -> certify -> attack -> evaluate ->
+degrade -> write (reuse: certified predictions already made under this run's prediction key;
+heads: smoothing's heads trained, when points remain to certify).
 
 Each stage is one call into the module that owns it; nothing else happens here.
 """
@@ -20,6 +21,7 @@ from gmcert.certify.stage import (
     certify_pending,
     certify_positions,
     check_prediction_source,
+    pending_positions,
     reuse_predictions,
 )
 from gmcert.certify.transfer import radius_transfer
@@ -89,8 +91,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         transfer=transfer,
         denoiser=denoiser,
     )
-    with timer("heads"):  # smoothing's heads are trained here, under its noise
-        methods = build_methods(cfg.certify.methods, inputs)
+    methods = build_methods(cfg.certify.methods, inputs)
     key = prediction_key(
         cfg,
         data_digests=digests,
@@ -103,7 +104,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     # Predictions depend on fewer options than the results: a sweep over evaluation options
     # certifies once, and every other job evaluates the cached rows.
     cache = PredictionCache(cfg.paths.cache_dir, key) if cfg.cache.enabled else None
-    with timer("certify"):
+    with timer("reuse"):
         reused = reuse_predictions(
             methods,
             predictions_log,
@@ -115,13 +116,15 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
             cache=None if cfg.cache.force else cache,
             smoothing_skip=cfg.certify.smoothing_skip,
         )
-        certified = certify_pending(
-            methods,
-            predictions_log,
-            positions,
-            data.test,
-            smoothing_skip=cfg.certify.smoothing_skip,
-        )
+    pending = pending_positions(
+        methods, predictions_log, positions, data.test, smoothing_skip=cfg.certify.smoothing_skip
+    )
+    with timer("heads"):  # smoothing's heads are trained here, under its noise, if needed
+        for method in methods:
+            if len(pending[method.name]):
+                method.prepare()
+    with timer("certify"):
+        certified = certify_pending(methods, predictions_log, pending, data.test)
     if cache is not None:
         cache.store(predictions_log.path, force=cfg.cache.force)
     predictions = predictions_log.read()

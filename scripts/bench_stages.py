@@ -46,7 +46,7 @@ CASES = {
     "fashion_mnist_cnn": (["experiment=fashion_mnist_cnn"], FASHION),
 }
 DEFAULT = ("digits", "fashion_mnist/identity", "fashion_mnist/pca")
-STAGES = ("data", "encode", "fit", "heads", "certify", "attack", "evaluate", "divergence")
+STAGES = ("data", "encode", "fit", "reuse", "heads", "certify", "attack", "evaluate", "divergence")
 AFTER_CERTIFY = ("attack", "evaluate", "divergence")
 OUT = ROOT / "outputs" / "bench"
 

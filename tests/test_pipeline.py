@@ -73,6 +73,7 @@ def test_default_run_writes_every_output(make_cfg):
         "data",
         "encode",
         "fit",
+        "reuse",
         "heads",
         "certify",
         "attack",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -97,6 +97,10 @@ class CertificationMethod(Protocol):
     # rows.
     under_q: bool
 
+    def prepare(self) -> None:
+        """Build what certifying needs and building the method left out (smoothing's heads,
+        trained under its noise): called only when the run has points left to certify."""
+
     def certify(self, positions: np.ndarray) -> Certified: ...
 
 
@@ -168,6 +172,9 @@ class ClosedForm:
     def space(self) -> str:
         return self.radius_space.space
 
+    def prepare(self) -> None:
+        """Nothing to prepare: the closed form is built with the method."""
+
     def certify(self, positions: np.ndarray) -> Certified:
         latents = self._latents[positions]
         codes, radius = certify_latents(self._latent, latents, batch_size=self.chunk_size)
@@ -208,16 +215,9 @@ class Smoothing:
         opts = inputs.options
         self.name = f"smoothing_{head}" + ("" if noise_trained else "_clean")
         self._seed = inputs.seed
-        module = self._head(inputs, head, noise_trained)
-        stages = [inputs.encoder, module]
-        if inputs.denoiser is not None:
-            stages.insert(0, inputs.denoiser)
+        self._inputs, self._head_kind, self._noise_trained = inputs, head, noise_trained
         # True: the base's first stage is a denoiser (run in inference mode, no gradient).
         self.denoised = inputs.denoiser is not None
-        base = torch.nn.Sequential(*stages).eval().to(inputs.device)
-        self.smoothed = self._smoothed = SmoothedClassifier(
-            base, len(self._classes), opts.sigma, device=inputs.device, batch_size=opts.noise_batch
-        )
         self._test = inputs.data.test
         self.smoothing = SmoothingSettings(
             sigma=opts.sigma,
@@ -228,6 +228,23 @@ class Smoothing:
         )
         # Several points share forward passes when n is small next to the noise batch.
         self.chunk_size = max(1, opts.noise_batch // opts.n)
+
+    @cached_property
+    def smoothed(self) -> SmoothedClassifier:
+        """The smoothed classifier, its head trained on first use (:meth:`prepare`): a run
+        whose predictions and attacks are all reused never trains it."""
+        inputs = self._inputs
+        stages = [inputs.encoder, self._head(inputs, self._head_kind, self._noise_trained)]
+        if inputs.denoiser is not None:
+            stages.insert(0, inputs.denoiser)
+        base = torch.nn.Sequential(*stages).eval().to(inputs.device)
+        opts = inputs.options
+        return SmoothedClassifier(
+            base, len(self._classes), opts.sigma, device=inputs.device, batch_size=opts.noise_batch
+        )
+
+    def prepare(self) -> None:
+        self.smoothed  # noqa: B018 (trains the head now, in the heads stage)
 
     def _head(self, inputs: CertifyInputs, head: str, noise_trained: bool) -> torch.nn.Module:
         mixture, encoder, train = inputs.mixture, inputs.encoder, inputs.data.train
@@ -266,6 +283,7 @@ class Smoothing:
     @property
     def classes(self) -> np.ndarray:
         """The labels of the base classifier's outputs, in output order."""
+        self.prepare()
         return self._classes
 
     def noise_seeds(self, positions: np.ndarray) -> list[int]:
@@ -277,7 +295,7 @@ class Smoothing:
     def certify(self, positions: np.ndarray) -> Certified:
         settings = self.smoothing
         seeds = self.noise_seeds(positions)
-        certs = self._smoothed.certify_batch(
+        certs = self.smoothed.certify_batch(
             self._test.batch(positions),
             n0=settings.n0,
             n=settings.n,

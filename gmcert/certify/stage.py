@@ -123,28 +123,44 @@ def _checked_source(folder: Path, key: str, options: dict) -> Path:
     return folder / "predictions.csv"
 
 
-def certify_pending(
+def pending_positions(
     methods: list[CertificationMethod],
     predictions: PredictionLog,
     positions,
     test: Split,
     *,
     smoothing_skip: int = 1,
-) -> int:
-    """Certify, with each method, its positions (:func:`method_positions`) not yet in the
-    log; each chunk is appended as soon as it is done. Returns how many points it certified."""
-    certified = 0
+) -> dict[str, np.ndarray]:
+    """Per method, its positions (:func:`method_positions`) not yet in the log."""
+    pending = {}
     for method in methods:
         mine = method_positions(method, positions, test, smoothing_skip)
         done = predictions.done(method.name)
-        todo = np.array([p for p in mine if int(test.indices[p]) not in done], dtype=int)
-        if len(todo) < len(mine):
+        pending[method.name] = np.array(
+            [p for p in mine if int(test.indices[p]) not in done], dtype=int
+        )
+        if 0 < len(mine) - len(pending[method.name]):
             log.info(
-                "%s: resuming, %d of %d points already certified",
+                "%s: %d of %d points already certified",
                 method.name,
-                len(mine) - len(todo),
+                len(mine) - len(pending[method.name]),
                 len(mine),
             )
+    return pending
+
+
+def certify_pending(
+    methods: list[CertificationMethod],
+    predictions: PredictionLog,
+    pending: dict[str, np.ndarray],
+    test: Split,
+) -> int:
+    """Certify, with each method, its ``pending`` positions (:func:`pending_positions`),
+    appending each chunk to the log as soon as it is done. Returns how many points it
+    certified."""
+    certified = 0
+    for method in methods:
+        todo = pending[method.name]
         chunk = method.chunk_size
         for start in tqdm(
             range(0, len(todo), chunk),
