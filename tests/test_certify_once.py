@@ -360,3 +360,40 @@ def test_an_unsound_attack_result_is_reported_again_from_the_cache(tmp_path):
     pd.testing.assert_series_equal(read.radius, beaten.radius)
     assert read.violations[0]["index"] == 3 and read.violations[0]["perturbation"][0] == 0.1
     assert (read.seconds, read.norm, read.space, read.method) == (1.5, "l2", "input", "closed_form")
+
+
+def test_a_verified_entry_of_other_labels_is_never_used(tmp_path, calls):
+    """An entry whose digests were recomputed after its labels were changed passes the digest
+    check; the label check against the data still refuses it."""
+    from gmcert.io import file_digest
+
+    _, first = run_in(tmp_path, "first")
+    log = entry_log(tmp_path)
+    lines = log.read_text().splitlines(keepends=True)
+    fields = lines[1].split(",")
+    fields[2] = str((int(fields[2]) + 1) % 10)
+    log.write_text(lines[0] + ",".join(fields) + "".join(lines[2:]))
+    meta_file = log.parent / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["sha256"]["predictions.csv"] = file_digest(log)
+    meta_file.write_text(json.dumps(meta))
+    _, second = run_in(tmp_path, "second")
+    assert calls == {"closed_form": 2 * 360}
+    assert (second / "predictions.csv").read_text().split("\n")[1].split(",")[:5] == (
+        first / "predictions.csv"
+    ).read_text().split("\n")[1].split(",")[:5]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("closed_form,notanumber,1,1,0.1,0.1,True,0.001\n", "is not a number"),
+        ("closed_form,3,1\n", "not a complete prediction row"),
+    ],
+)
+def test_a_damaged_source_folder_is_refused_by_line(tmp_path, damage, message):
+    _, first = run_in(tmp_path, "first")
+    with open(first / "predictions.csv", "a") as f:
+        f.write(damage)
+    with pytest.raises(ValueError, match=message):
+        run_in(tmp_path, "again", f"certify.predictions_from={first}", "cache.enabled=false")
