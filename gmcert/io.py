@@ -56,6 +56,14 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def array_digest(x) -> str:
+    """SHA-256 of an array's dtype, shape and bytes."""
+    x = np.ascontiguousarray(np.asarray(x))
+    h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+    h.update(x.tobytes())
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------- verified cache entries
 # A cache entry is a folder ``<key>/`` of files plus ``meta.json`` (the key, and the SHA-256 of
 # each file). It is written whole into a temporary folder beside it and renamed into place, so

@@ -22,7 +22,7 @@ import pandas as pd
 
 from gmcert.attack.results import Attacked
 from gmcert.attack.smoothing import SmoothedAttacked
-from gmcert.io import check_entry, store_entry
+from gmcert.io import array_digest, check_entry, store_entry
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def attack_key(prediction_key: str, options: dict, positions, smoothing_skip: in
         "version": ATTACK_CACHE_VERSION,
         "predictions": prediction_key,
         "attack": options,
-        "positions": hashlib.sha256(np.asarray(positions, dtype=np.int64).tobytes()).hexdigest(),
+        "positions": array_digest(np.asarray(positions, dtype=np.int64)),
         "smoothing_skip": smoothing_skip,
         "seed": seed,
     }

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from gmcert.io import PredictionLog, check_entry, file_digest, store_entry
+from gmcert.io import PredictionLog, array_digest, check_entry, file_digest, store_entry
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,6 @@ def _path_digest(path) -> str | None:
     return None
 
 
-def _array_digest(x: np.ndarray) -> str:
-    x = np.ascontiguousarray(x)
-    return hashlib.sha256(f"{x.dtype}{x.shape}".encode() + x.tobytes()).hexdigest()
-
-
 def prediction_key(cfg, *, data_digests: dict, train_latents, test_latents, device) -> str:
     """A digest of everything that determines the certified predictions: the options
     (:func:`prediction_options`), the data and latents themselves (so an encoder's weights are
@@ -92,7 +87,7 @@ def prediction_key(cfg, *, data_digests: dict, train_latents, test_latents, devi
             for group in ("encoder", "denoiser")
         },
         "data": data_digests,
-        "latents": [_array_digest(train_latents), _array_digest(test_latents)],
+        "latents": [array_digest(train_latents), array_digest(test_latents)],
         "device": str(getattr(device, "type", device)),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()

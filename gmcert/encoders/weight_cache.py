@@ -19,23 +19,14 @@ import logging
 import pickle
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from gmcert.io import check_entry, store_entry
+from gmcert.io import array_digest, check_entry, store_entry
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_VERSION = 2  # 2: meta.json records a digest per file, as the feature cache does
 _WEIGHTS = "weights.pt"
-
-
-def array_digest(x) -> str:
-    """SHA-256 of an array's dtype, shape and bytes."""
-    x = np.ascontiguousarray(np.asarray(x))
-    h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
-    h.update(x.tobytes())
-    return h.hexdigest()
 
 
 def weights_key(train_inputs, train_labels, options: dict) -> str:
