@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gmcert.gaussian import sample_gaussian_mixture
 from gmcert.fit import fit_robust_mixture
+from gmcert.gaussian import sample_gaussian_mixture
 from gmcert.models.mixture import GaussianMixtureClassifier
 from gmcert.population.ceiling import impossibility_radius, robust_tau
 
