@@ -101,9 +101,12 @@ def run_job(cfg: DictConfig) -> dict | None:
         )
     divergence = metrics.get("divergence") or {}
     if "eps_used" in divergence:
+        # The estimator that gave eps; a stated budget comes from none.
+        estimated = divergence["eps_source"] != "stated budget"
+        source = divergence.get("from_estimator") if estimated else None
         print(
             f"eps = KL(P || Q): {divergence['eps_used']:.4g} ({divergence['eps_source']}"
-            + (f", from {divergence['from_estimator']}" if "from_estimator" in divergence else "")
+            + (f", from {source}" if source else "")
             + f"); {divergence['verdict']}"
         )
     for line in divergence.get("calibration_summary", []):
