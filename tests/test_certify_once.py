@@ -395,3 +395,51 @@ def test_a_damaged_source_folder_is_refused_by_line(tmp_path, damage, message):
         f.write(damage)
     with pytest.raises(ValueError, match=message):
         run_in(tmp_path, "again", f"certify.predictions_from={first}", "cache.enabled=false")
+
+
+def stored_attack(tmp_path: Path):
+    from gmcert.attack.cache import cached_attacks
+    from gmcert.attack.results import Attacked
+
+    attacked = Attacked(
+        radius=pd.Series([0.5], index=pd.Index([3], name="index"), name="r"),
+        violations=[],
+        seconds=1.0,
+        norm="l2",
+        space="input",
+        method="closed_form",
+    )
+    cached_attacks(tmp_path, "k", lambda: [attacked])
+    return tmp_path / "attacks" / "k", cached_attacks
+
+
+def reseal(entry: Path) -> None:
+    """Recompute the entry's digests after a forgery, as an attacker with write access would."""
+    from gmcert.io import file_digest
+
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["sha256"] = {name: file_digest(entry / name) for name in meta["sha256"]}
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("forgery", ["pickled_radii", "unknown_kind", "extra_field", "not_a_list"])
+def test_a_forged_attack_entry_is_never_loaded_and_is_attacked_again(tmp_path, forgery):
+    import numpy as np
+
+    entry, cached_attacks = stored_attack(tmp_path)
+    records = json.loads((entry / "results.json").read_text())
+    if forgery == "pickled_radii":
+        # An object array needs pickle to load: np.load refuses it (allow_pickle=False).
+        np.savez(entry / "radii.npz", index_0=np.array([3]), radius_0=np.array([{}], dtype=object))
+    elif forgery == "unknown_kind":
+        records[0]["kind"] = "os.system"
+    elif forgery == "extra_field":
+        records[0]["__class__"] = "x"
+    else:
+        records = {"kind": "certificate"}
+    if forgery != "pickled_radii":
+        (entry / "results.json").write_text(json.dumps(records))
+    reseal(entry)
+    again = []
+    cached_attacks(tmp_path, "k", lambda: again.append(1) or [])
+    assert again == [1]
