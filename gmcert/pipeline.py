@@ -111,7 +111,6 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
             positions,
             data.test,
             key=key,
-            options=prediction_options(cfg),
             source=cfg.certify.predictions_from,
             cache=None if cfg.cache.force else cache,
             smoothing_skip=cfg.certify.smoothing_skip,

@@ -105,7 +105,7 @@ def option_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
     return changed
 
 
-def _rows(csv: Path) -> list[tuple[str, int, str, str]]:
+def read_rows(csv: Path) -> list[tuple[str, int, str, str]]:
     """(method, index, label, line) for every row of a prediction log; ValueError where the
     file is not one (its header differs, or a row does not parse)."""
     lines = csv.read_text().splitlines(keepends=True)
@@ -123,13 +123,13 @@ def _rows(csv: Path) -> list[tuple[str, int, str, str]]:
     return rows
 
 
-def copy_rows(source: Path, log_: PredictionLog, wanted: dict[str, np.ndarray], labels) -> int:
-    """Append to ``log_`` the rows of ``source`` for ``wanted`` (method -> dataset indices)
-    that it lacks, in the order a run certifies them (method by method, point by point);
-    returns how many. ``labels``: dataset index -> label, checked against each row copied, so
-    a log of other data is never taken for this one."""
+def copy_rows(source, rows, log_: PredictionLog, wanted: dict[str, np.ndarray], labels) -> int:
+    """Append to ``log_`` the ``rows`` (:func:`read_rows` of ``source``, named in errors) for
+    ``wanted`` (method -> dataset indices) that it lacks, in the order a run certifies them
+    (method by method, point by point); returns how many. ``labels``: dataset index -> label,
+    checked against each row copied, so a log of other data is never taken for this one."""
     found = {}
-    for method, index, label, line in _rows(source):
+    for method, index, label, line in rows:
         if method in wanted:
             found.setdefault((method, index), (label, line))
     lines = []
@@ -155,25 +155,24 @@ class PredictionCache:
         self.key = key
         self.entry = Path(cache_dir) / "predictions" / key
 
-    def usable(self) -> Path | None:
-        """The entry's log, or None where there is none or it fails verification (logged)."""
+    def rows(self) -> list[tuple[str, int, str, str]] | None:
+        """The entry's rows (:func:`read_rows`), or None where there is none or it fails
+        verification (logged)."""
         if not (self.entry / "meta.json").exists():
             return None
         try:
             check_entry(self.entry, self.key, (ENTRY_FILE,))
-            _rows(self.entry / ENTRY_FILE)
+            return read_rows(self.entry / ENTRY_FILE)
         except (OSError, ValueError, TypeError) as err:
             log.warning("prediction cache entry %s is unusable (%s); certifying", self.entry, err)
             return None
-        return self.entry / ENTRY_FILE
 
     def store(self, log_path: Path, *, force: bool = False) -> None:
         """Add the rows of ``log_path`` that the entry lacks (``force``: its rows replace the
         entry's). A read-only or full cache is logged, never fatal: the run's own log holds
-        every row."""
-        cached = self.usable()
-        own = {(method, index): line for method, index, _, line in _rows(log_path)}
-        rows = {} if cached is None else {(m, i): line for m, i, _, line in _rows(cached)}
+        every row. The entry is read again here: another job may have added to it since."""
+        own = {(method, index): line for method, index, _, line in read_rows(log_path)}
+        rows = {(method, index): line for method, index, _, line in self.rows() or []}
         if not force and own.keys() <= rows.keys():
             return  # nothing new
         rows = {**rows, **own} if force else {**own, **rows}  # the kept row first

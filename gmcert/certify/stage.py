@@ -19,6 +19,7 @@ from gmcert.certify.reuse import (
     copy_rows,
     option_changes,
     prediction_options,
+    read_rows,
 )
 from gmcert.data import Split
 from gmcert.io import PredictionLog
@@ -56,28 +57,26 @@ def reuse_predictions(
     test: Split,
     *,
     key: str,
-    options: dict,
     source=None,
     cache: PredictionCache | None = None,
     smoothing_skip: int = 1,
 ) -> int:
-    """Copy into the log the rows for this job's points that ``source`` (a run folder, which
-    must hold predictions of this ``key``) or else the verified ``cache`` entry holds; returns
-    how many rows were copied. ``options``: this run's prediction options
-    (:func:`~gmcert.certify.reuse.prediction_options`), to name what a refused source changed."""
+    """Copy into the log the rows for this job's points that ``source`` (a run folder that
+    :func:`check_prediction_source` accepted before any stage ran, and that must hold
+    predictions of this ``key``) or else the verified ``cache`` entry holds; returns how many
+    rows were copied."""
     wanted = {
         m.name: test.indices[method_positions(m, positions, test, smoothing_skip)] for m in methods
     }
     labels = dict(zip(test.indices.tolist(), test.labels.tolist(), strict=True))
     copied = 0
     if source is not None:
-        copied += copy_rows(
-            _checked_source(Path(source), key, options), predictions, wanted, labels
-        )
-    cached = cache.usable() if cache is not None else None
+        log_file = _checked_source(Path(source), key)
+        copied += copy_rows(log_file, read_rows(log_file), predictions, wanted, labels)
+    cached = cache.rows() if cache is not None else None
     if cached is not None:
         try:
-            copied += copy_rows(cached, predictions, wanted, labels)
+            copied += copy_rows(cache.entry, cached, predictions, wanted, labels)
         except ValueError as err:  # verified, yet not for these data: never trusted
             log.warning("prediction cache entry %s not used: %s", cache.entry, err)
     if copied:
@@ -112,9 +111,8 @@ def check_prediction_source(folder, options: dict) -> None:
         )
 
 
-def _checked_source(folder: Path, key: str, options: dict) -> Path:
+def _checked_source(folder: Path, key: str) -> Path:
     """``folder``'s prediction log, if its predictions were made under ``key``."""
-    check_prediction_source(folder, options)
     if (folder / "prediction_key.txt").read_text().strip() != key:
         raise ValueError(
             f"certify.predictions_from={folder}: its predictions were certified under the same "
