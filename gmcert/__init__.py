@@ -7,7 +7,7 @@ Each name is imported on first use (PEP 562), so that ``import gmcert.config`` o
 
 from __future__ import annotations
 
-import importlib
+from gmcert.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -17,7 +17,7 @@ _HOMES = {
     "LinearCertifier": "gmcert.certify.linear",
     "QuadraticCertifier": "gmcert.certify.quadratic",
     "SmoothedClassifier": "gmcert.certify.smoothing",
-    "certified_accuracy": "gmcert.report.table",
+    "certified_accuracy": "gmcert.confidence",
     "estimate_eps": "gmcert.eps",
     "kl_inverse_lower": "gmcert.bounds.kl",
     "run": "gmcert.pipeline",
@@ -26,13 +26,4 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'gmcert' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     # plumbing and maths every layer may use
     (
         "gmcert",
+        "gmcert.lazy",
         "gmcert.io",
         "gmcert.memory",
         "gmcert.device",

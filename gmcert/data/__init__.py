@@ -13,9 +13,8 @@ the registry (the CLI does, to register the schemas) loads neither numpy nor tor
 
 from __future__ import annotations
 
-import importlib
-
 from gmcert.data.specs import DATASETS, DatasetSpec, dataset_spec
+from gmcert.lazy import lazy_exports
 
 _LABELLED = (
     "GroundTruth",
@@ -27,12 +26,7 @@ _LABELLED = (
 )
 
 
-def __getattr__(name: str):
-    if name not in _LABELLED:
-        raise AttributeError(f"module 'gmcert.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module("gmcert.data.labelled"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(_LABELLED, "gmcert.data.labelled"))
 
 
 __all__ = ["DATASETS", "DatasetSpec", "dataset_spec", *_LABELLED]

@@ -27,9 +27,8 @@ does, to register the schemas) loads no torch.
 
 from __future__ import annotations
 
-import importlib
-
 from gmcert.encoders.specs import ENCODERS, EncoderSpec, encoder_spec
+from gmcert.lazy import lazy_exports
 
 _HOMES = {
     "BuildOptions": "gmcert.encoders.wrapper",
@@ -51,12 +50,7 @@ def build_encoder(name: str, **options):
     return encoder_spec(name).build(**options)
 
 
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'gmcert.encoders' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
 
 
 __all__ = ["ENCODERS", "EncoderSpec", "build_encoder", "encoder_spec", *sorted(_HOMES)]
