@@ -415,6 +415,16 @@ def test_idx_gzip_bomb_is_refused_from_the_headers(tmp_path):
     assert peak.megabytes < 50
 
 
+def plant_non_file(kind: str, path: Path, missing: Path) -> None:
+    """Put at ``path`` what a loader must not read as a file: a folder, a link to the absent
+    ``missing``, or a named pipe (whose read would block)."""
+    {
+        "folder": path.mkdir,
+        "link": lambda: path.symlink_to(missing),
+        "pipe": lambda: os.mkfifo(path),
+    }[kind]()
+
+
 @pytest.mark.parametrize("kind", ["folder", "link", "pipe"])
 def test_idx_file_that_is_not_a_file_is_named(tmp_path, kind):
     from conftest import write_idx
@@ -424,11 +434,7 @@ def test_idx_file_that_is_not_a_file_is_named(tmp_path, kind):
     write_idx(tmp_path)
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     path.unlink()
-    {
-        "folder": lambda: path.mkdir(),
-        "link": lambda: path.symlink_to(tmp_path / "gone"),
-        "pipe": lambda: os.mkfifo(path),
-    }[kind]()
+    plant_non_file(kind, path, tmp_path / "gone")
     words = {"folder": "a folder", "link": "a link to nothing", "pipe": "not a regular file"}
     with pytest.raises(ValueError, match=f"{path} is {words[kind]}.*, not an IDX file"):
         build_idx(name="mnist", root=tmp_path)
@@ -454,11 +460,7 @@ def test_folder_entry_with_an_image_name_that_is_not_a_file(tmp_path, kind):
 
     _image_tree(tmp_path)
     path = tmp_path / "train" / "b" / "2.png"
-    {
-        "folder": lambda: path.mkdir(),
-        "link": lambda: path.symlink_to(tmp_path / "gone.png"),
-        "pipe": lambda: os.mkfifo(path),
-    }[kind]()
+    plant_non_file(kind, path, tmp_path / "gone.png")
     words = {"folder": "a folder", "link": "a link to .*gone.png", "pipe": "not a regular file"}
     with pytest.raises(ValueError, match=f"{path} is {words[kind]}.*, not an image file"):
         build_folder(root=tmp_path, image_size=4)
